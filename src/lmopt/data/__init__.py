@@ -1,0 +1,19 @@
+"""Tasks (examples + metric + template + parser) and loaders for embedded and Hugging Face data."""
+
+from .loaders import (
+    REASONING_GYM_TASKS,
+    TWEET_LABELS,
+    available_tasks,
+    load_gsm8k,
+    load_hf_task,
+    load_reasoning_gym,
+    load_task,
+    load_tweets,
+    parse_last_number,
+    shakespeare_text,
+)
+from .task import Example, Splits, Task, exact_match, first_line
+
+__all__ = ["Example", "Splits", "Task", "exact_match", "first_line", "REASONING_GYM_TASKS", "TWEET_LABELS",
+           "available_tasks", "load_gsm8k", "load_hf_task", "load_reasoning_gym", "load_task", "load_tweets",
+           "parse_last_number", "shakespeare_text"]

@@ -1,0 +1,223 @@
+"""``LM``: one object that every optimiser talks to.
+
+It wraps any :class:`~lmopt.lm.backend.Backend` and adds, identically for all of them: a content-addressed
+call cache (hits cost nothing), usage accounting per role, hard budgets checked *before* a call (with a
+worst-case token estimate: prompt tokens + n × max_new_tokens), and optional recording of every call for
+offline replay.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+from .backend import Backend
+from .keys import request_key
+from .types import Completion, GenerationConfig, Message, Score, validate_messages
+from .usage import Budget, UsageMeter
+
+
+class CallStore(Protocol):
+    """What the LM needs from a cache: get/put of JSON-able dicts by key."""
+
+    def get(self, key: str) -> dict[str, Any] | None: ...
+
+    def put(self, key: str, value: dict[str, Any]) -> None: ...
+
+
+class CallRecorder(Protocol):
+    def record(self, key: str, request: dict[str, Any], response: dict[str, Any]) -> None: ...
+
+
+def _as_list(x: str | Sequence[Any], what: str) -> list[Any]:
+    if isinstance(x, str):
+        return [x]
+    items = list(x)
+    for i, s in enumerate(items):
+        if what != "conversation" and not isinstance(s, str):
+            raise TypeError(f"{what} {i} must be a str, got {type(s).__name__}")
+    return items
+
+
+class LM:
+    """A language model with caching, usage accounting, budgets and recording.
+
+    Args:
+        backend: the model (``LocalLM``, ``OpenAICompatibleLM``, ``ReplayBackend``, ``ScriptedBackend``...).
+        cache: a call store such as :class:`lmopt.lm.cache.CallCache`; ``None`` disables caching.
+        budget: limits per role; a call that could exceed them raises ``BudgetExceeded`` unspent.
+        meter: share one :class:`UsageMeter` between several LMs (e.g. task and optimizer models) so
+            that a total budget covers both; default: a new meter with ``budget``.
+        recorder: receives every answered call (cache hits included) for later replay.
+        chunk_size: uncached requests go to the backend in chunks of this many; each chunk is charged,
+            cached and recorded before the next, so a failure late in a long batch loses little.
+    """
+
+    def __init__(self, backend: Backend, *, cache: CallStore | None = None, budget: Budget | None = None,
+                 meter: UsageMeter | None = None, recorder: CallRecorder | None = None,
+                 chunk_size: int = 96) -> None:
+        if not isinstance(backend, Backend):
+            raise TypeError(f"backend must be an lmopt.lm Backend, got {type(backend).__name__}")
+        if meter is not None and budget is not None:
+            raise ValueError("pass either budget= or a shared meter= (which carries its own budget), not both")
+        if not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+        self.chunk_size = chunk_size
+        self.backend = backend
+        self.cache = cache
+        self.meter = meter or UsageMeter(budget)
+        self.recorder = recorder
+
+    @property
+    def name(self) -> str:
+        return self.backend.name
+
+    @property
+    def supports_score(self) -> bool:
+        return self.backend.supports_score
+
+    def count_tokens(self, text: str) -> int:
+        return self.backend.count_tokens(text)
+
+    def usage(self) -> dict[str, dict[str, int]]:
+        return self.meter.report()
+
+    # -- generation -------------------------------------------------------------------------------
+    def generate(self, prompts: str | Sequence[str], config: GenerationConfig | None = None, *,
+                 role: str = "task") -> list[list[Completion]]:
+        """Continue raw prompts. Returns ``config.n`` completions per prompt."""
+        items = _as_list(prompts, "prompt")
+        payloads = [{"prompt": p} for p in items]
+        return self._sampled("generate", items, payloads, config or GenerationConfig(), role)
+
+    def chat(self, conversations: Sequence[Message] | Sequence[Sequence[Message]],
+             config: GenerationConfig | None = None, *, role: str = "task") -> list[list[Completion]]:
+        """Answer chat conversations (one conversation, or a list of them)."""
+        convs = list(conversations)
+        if convs and isinstance(convs[0], Mapping):  # a single conversation
+            convs = [convs]
+        items = [validate_messages(c) for c in convs]
+        payloads = [{"messages": [list(m) for m in c]} for c in items]
+        return self._sampled("chat", items, payloads, config or GenerationConfig(), role)
+
+    def _sampled(self, kind: str, items: list[Any], payloads: list[dict[str, Any]],
+                 config: GenerationConfig, role: str) -> list[list[Completion]]:
+        _check_role(role)
+        fields = config.key_fields()
+        keys = [[request_key(kind, self.name, {**p, "config": fields}, j) for j in range(config.n)]
+                for p in payloads]
+        results: dict[str, list[Completion]] = {}  # first sample key -> completions
+        misses: list[int] = []  # positions of distinct uncached requests
+        n_hits = 0
+        pending: set[str] = set()
+        for i, ks in enumerate(keys):
+            if ks[0] in results or ks[0] in pending:  # a duplicate within this batch
+                continue
+            cached = self._lookup(ks)
+            if cached is None:
+                pending.add(ks[0])
+                misses.append(i)
+                continue
+            results[ks[0]] = [Completion(**c, cached=True) for c in cached]
+            n_hits += 1
+            for j, (k, c) in enumerate(zip(ks, cached)):
+                self._record(k, {"kind": kind, **payloads[i], "config": fields, "sample": j}, c)
+        call = self.backend.generate if kind == "generate" else self.backend.chat
+        for chunk in _chunks(misses, self.chunk_size):  # each chunk is paid, cached and recorded before the next
+            est_prompt = sum(self._estimate_tokens(items[i]) for i in chunk)
+            self.meter.check(role, len(chunk), est_prompt, len(chunk) * config.n * config.max_new_tokens)
+            fresh = call([items[i] for i in chunk], config)
+            if len(fresh) != len(chunk) or any(len(f) != config.n for f in fresh):
+                raise RuntimeError(f"backend {self.name!r} returned a wrong number of completions")
+            self.meter.charge(role, len(chunk), sum(f[0].prompt_tokens for f in fresh if f),
+                              sum(c.completion_tokens for f in fresh for c in f))
+            for i, comps in zip(chunk, fresh):
+                results[keys[i][0]] = comps
+                for j, (k, c) in enumerate(zip(keys[i], comps)):
+                    val = {"text": c.text, "prompt_tokens": c.prompt_tokens,
+                           "completion_tokens": c.completion_tokens, "finish_reason": c.finish_reason}
+                    if self.cache is not None:
+                        self.cache.put(k, val)
+                    self._record(k, {"kind": kind, **payloads[i], "config": fields, "sample": j}, val)
+        self.meter.charge(role, 0, 0, 0, cached_calls=n_hits)
+        return [list(results[ks[0]]) for ks in keys]
+
+    # -- scoring ----------------------------------------------------------------------------------
+    def score(self, prompts: str | Sequence[str], continuations: str | Sequence[str], *,
+              role: str = "task") -> list[Score]:
+        """Log-probability of each continuation after its prompt (one prompt may pair with many)."""
+        _check_role(role)
+        ps = _as_list(prompts, "prompt")
+        cs = _as_list(continuations, "continuation")
+        if len(ps) == 1 and len(cs) > 1:
+            ps = ps * len(cs)
+        if len(ps) != len(cs):
+            raise ValueError(f"score needs as many prompts as continuations (or one prompt), "
+                             f"got {len(ps)} and {len(cs)}")
+        if not self.backend.supports_score:
+            self.backend.score(ps[:1], cs[:1])  # raises the backend's explanatory error
+        keys = [request_key("score", self.name, {"prompt": p, "continuation": c}) for p, c in zip(ps, cs)]
+        out: list[Score | None] = [None] * len(ps)
+        todo: dict[str, int] = {}
+        for i, k in enumerate(keys):
+            hit = self.cache.get(k) if self.cache is not None else None
+            if hit is not None:
+                out[i] = Score(**hit, cached=True)
+                self._record(k, {"kind": "score", "prompt": ps[i], "continuation": cs[i]}, hit)
+            elif k not in todo:
+                todo[k] = i
+        n_hits = sum(o is not None for o in out)
+        fresh: dict[str, Score] = {}
+        for idx in _chunks(list(todo.values()), self.chunk_size):
+            est = sum(self.backend.count_tokens(ps[i]) + self.backend.count_tokens(cs[i]) for i in idx)
+            self.meter.check(role, len(idx), est, 0)
+            scores = self.backend.score([ps[i] for i in idx], [cs[i] for i in idx])
+            if len(scores) != len(idx):
+                raise RuntimeError(f"backend {self.name!r} returned {len(scores)} scores for {len(idx)} requests")
+            self.meter.charge(role, len(idx), sum(s.prompt_tokens + s.continuation_tokens for s in scores), 0)
+            for i, s in zip(idx, scores):
+                val = {"logprob": s.logprob, "continuation_tokens": s.continuation_tokens,
+                       "prompt_tokens": s.prompt_tokens}
+                if self.cache is not None:
+                    self.cache.put(keys[i], val)
+                self._record(keys[i], {"kind": "score", "prompt": ps[i], "continuation": cs[i]}, val)
+                fresh[keys[i]] = s
+        self.meter.charge(role, 0, 0, 0, cached_calls=n_hits)
+        return [o if o is not None else fresh[k] for o, k in zip(out, keys)]
+
+    def hidden_states(self, texts: Sequence[str], **kwargs: Any) -> Any:
+        """Hidden states from a white-box backend (e.g. ``LocalLM``); not cached, not budgeted."""
+        fn = getattr(self.backend, "hidden_states", None)
+        if fn is None:
+            raise NotImplementedError(f"backend {self.name!r} exposes no hidden states; use a LocalLM")
+        return fn(texts, **kwargs)
+
+    # -- helpers ----------------------------------------------------------------------------------
+    def _estimate_tokens(self, item: Any) -> int:
+        if isinstance(item, str):
+            return self.backend.count_tokens(item)
+        return sum(self.backend.count_tokens(c) + 4 for _, c in item)
+
+    def _lookup(self, keys: list[str]) -> list[dict[str, Any]] | None:
+        if self.cache is None:
+            return None
+        vals = []
+        for k in keys:
+            v = self.cache.get(k)
+            if v is None:
+                return None
+            vals.append(v)
+        return vals
+
+    def _record(self, key: str, request: dict[str, Any], response: dict[str, Any]) -> None:
+        if self.recorder is not None:
+            self.recorder.record(key, request, response)
+
+
+def _chunks(items: list[int], size: int) -> list[list[int]]:
+    return [items[i: i + size] for i in range(0, len(items), size)]
+
+
+def _check_role(role: str) -> None:
+    if not isinstance(role, str) or not role:
+        raise ValueError(f"role must be a non-empty string such as 'task', 'optimizer' or 'judge', got {role!r}")
