@@ -1,0 +1,82 @@
+"""The ``lmopt`` command: ``info``, ``run RECIPE.yaml`` and ``demo``."""
+
+from __future__ import annotations
+
+import platform
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="lmopt: optimisation of language-model systems (weights, prompts, rewards).")
+console = Console(stderr=True)
+
+_PACKAGES = ("torch", "numpy", "transformers", "sentence-transformers", "trl", "peft", "datasets", "optuna")
+
+
+@app.command()
+def info() -> None:
+    """Versions, embedded assets found, and the compute device."""
+    from . import assets
+
+    t = Table(title=f"lmopt {__version__}", show_header=False)
+    t.add_row("python", platform.python_version())
+    for pkg in _PACKAGES:
+        try:
+            t.add_row(pkg, metadata.version(pkg))
+        except metadata.PackageNotFoundError:
+            t.add_row(pkg, "[yellow]not installed[/]")
+    import torch
+
+    dev = f"cuda ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else "cpu"
+    t.add_row("device", f"{dev}, {torch.get_num_threads()} threads")
+    for name, path in assets.available().items():
+        t.add_row(f"asset {name}", path or "[red]missing[/] (run `make setup`)")
+    t.add_row("cache dir", str(assets.cache_dir()))
+    Console().print(t)
+
+
+def _run(paths: list[Path], out: Path, run_id: str | None) -> None:
+    from .recipe import RecipeError
+    from .runner import run_recipe
+
+    try:
+        for p in paths:
+            run_dir = run_recipe(p, out, run_id=run_id, console=console)
+            typer.echo(str(run_dir))
+    except RecipeError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]: run the same command again to resume")
+        raise typer.Exit(130) from None
+
+
+RecipeArg = Annotated[Path, typer.Argument(help="YAML recipe (see recipes/)")]
+OutOpt = Annotated[Path, typer.Option(help="parent directory of run directories")]
+IdOpt = Annotated[Optional[str], typer.Option("--id", help="run id (default: recipe name + content hash)")]  # noqa: UP045
+
+
+@app.command()
+def run(recipe: RecipeArg, out: OutOpt = Path("runs"), id: IdOpt = None) -> None:
+    """Run (or resume) an experiment recipe; writes results.json, report.md and plots to runs/<id>/."""
+    _run([recipe], out, id)
+
+
+@app.command()
+def demo(out: OutOpt = Path("runs")) -> None:
+    """Run the default recipes on the embedded model and data (offline, a few minutes on CPU)."""
+    from .runner import demo_recipes
+
+    _run(demo_recipes(), out, None)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    sys.exit(app())

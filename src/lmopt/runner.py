@@ -1,0 +1,168 @@
+"""``lmopt run``: execute a recipe into ``runs/<id>/`` with progress, checkpoints and a report.
+
+Every run directory holds ``recipe.yaml`` (what was run), ``checkpoint.json`` (progress, for resuming),
+``results.json``, ``report.md`` and PNG plots. Running the same recipe again resumes an interrupted run
+(finished steps are not redone; with the call cache, repeated LM calls are free).
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from ._io import read_json, write_json_atomic, write_text_atomic
+from .recipe import RecipeError, load_recipe, recipe_id, validate_evaluate
+
+# kind -> (module, run function, plot function); runners take (cfg, run_dir, progress) -> results dict.
+KINDS: dict[str, tuple[str, str, str | None]] = {
+    "evaluate": ("lmopt.runner", "run_evaluate", "plot_evaluate"),
+    "prompt": ("lmopt.prompt.recipe", "run_prompt_recipe", "plot_prompt_results"),
+}
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=console, transient=False)
+
+
+def run_recipe(recipe: str | Path | dict[str, Any], out_dir: str | Path = "runs", *, run_id: str | None = None,
+               console: Console | None = None) -> Path:
+    """Run (or resume) a recipe; returns the run directory."""
+    console = console or Console(stderr=True)
+    cfg = load_recipe(recipe) if not isinstance(recipe, dict) else dict(recipe)
+    kind = cfg.get("kind")
+    if kind not in KINDS:
+        raise RecipeError(f"recipe kind {kind!r} is not known; choose one of {sorted(KINDS)}")
+    run_dir = Path(out_dir) / (run_id or recipe_id(cfg))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    saved = run_dir / "recipe.yaml"
+    if saved.exists() and yaml.safe_load(saved.read_text()) != cfg:
+        raise RecipeError(f"{run_dir} holds a run of a different recipe; choose another --id or out dir")
+    write_text_atomic(saved, yaml.safe_dump(cfg, sort_keys=False))
+    module, fn_name, plot_name = KINDS[kind]
+    mod = importlib.import_module(module)
+    run_fn: Callable[..., dict[str, Any]] = getattr(mod, fn_name)
+    console.print(f"[bold]lmopt run[/] {cfg['name']} ({kind}) → {run_dir}")
+    t0 = time.perf_counter()
+    with _progress(console) as progress:
+        results = run_fn(cfg, run_dir, progress)
+    results.setdefault("wall_time_s", round(time.perf_counter() - t0, 2))
+    plots = [str(p.name) for p in getattr(mod, plot_name)(results, run_dir)] if plot_name else []
+    results["plots"] = plots
+    write_json_atomic(run_dir / "results.json", results)
+    if not (run_dir / "report.md").exists() or kind == "evaluate":
+        write_text_atomic(run_dir / "report.md", _report(cfg, results, plots))
+    console.print(f"[green]done[/] in {time.perf_counter() - t0:.1f}s: {run_dir / 'report.md'}")
+    return run_dir
+
+
+# -- kind: evaluate ---------------------------------------------------------------------------------------
+def run_evaluate(cfg: dict[str, Any], run_dir: Path, progress: Progress) -> dict[str, Any]:
+    """Evaluate the model on a task under each prompt of the recipe; resumable per prompt."""
+    from .data import load_task
+    from .lm.factory import make_lm
+    from .prompt.evaluator import Prompt, evaluate_prompt
+
+    r = validate_evaluate(cfg)
+    task = load_task(r.task.name, **r.task.kwargs)
+    sp = r.task.split
+    splits = task.split(sp.seed, sp.n_train, sp.n_val, sp.n_test)
+    ckpt_path = run_dir / "checkpoint.json"
+    done: dict[str, Any] = read_json(ckpt_path, {}).get("prompts", {})
+    bar = progress.add_task("loading model", total=len(r.prompts))
+    lm = make_lm(r.model.model_dump(), cache=r.cache, budget=r.budget or None)
+    import random
+
+    rng = random.Random(r.seed)
+    rows = []
+    for ps in r.prompts:
+        progress.update(bar, description=f"prompt {ps.name}")
+        if ps.n_exemplars > len(splits.train):
+            raise RecipeError(f"prompt {ps.name!r} wants {ps.n_exemplars} exemplars but the train split has "
+                              f"{len(splits.train)}; raise task.split.n_train")
+        exemplars = tuple(rng.sample(splits.train, ps.n_exemplars)) if ps.n_exemplars else ()
+        prompt = Prompt(ps.instruction if ps.instruction is not None else task.instruction, exemplars)
+        if ps.name in done:
+            rows.append(done[ps.name])
+            progress.advance(bar)
+            continue
+        before = lm.usage()["total"]
+        t0 = time.perf_counter()
+        res = evaluate_prompt(lm, task, prompt, splits.test, mode=ps.mode, chat=ps.chat)
+        after = lm.usage()["total"]
+        row = {
+            "name": ps.name, "prompt": prompt.to_dict(), "accuracy": res.score, "n": res.n, "mode": res.mode,
+            "details": {k: v for k, v in res.details.items() if k != "raw"},
+            "calls": after["calls"] - before["calls"], "cached_calls": after["cached_calls"] - before["cached_calls"],
+            "tokens": after["total_tokens"] - before["total_tokens"], "seconds": round(time.perf_counter() - t0, 2),
+        }
+        rows.append(row)
+        done[ps.name] = row
+        write_json_atomic(ckpt_path, {"prompts": done})
+        progress.advance(bar)
+    return {"kind": "evaluate", "name": r.name, "model": lm.name, "task": task.name, "n_test": len(splits.test),
+            "prompts": rows, "usage": lm.usage()}
+
+
+def plot_evaluate(results: dict[str, Any], run_dir: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = results["prompts"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    names = [r["name"] for r in rows]
+    ax1.bar(names, [r["accuracy"] for r in rows], color="#4472c4")
+    ax1.set_ylim(0, 1)
+    ax1.set_ylabel(f"test accuracy (n={results['n_test']})")
+    ax1.set_title(f"{results['task']} — {results['model']}", fontsize=9)
+    ax2.bar(names, [r["tokens"] for r in rows], color="#ed7d31")
+    ax2.set_ylabel("tokens processed (this run)")
+    ax2.set_title("cost", fontsize=9)
+    for ax in (ax1, ax2):
+        ax.tick_params(axis="x", rotation=20)
+    path = run_dir / "accuracy.png"
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return [path]
+
+
+def _report(cfg: dict[str, Any], results: dict[str, Any], plots: list[str]) -> str:
+    lines = [f"# {cfg['name']}", "", f"kind: `{cfg['kind']}`  ", f"wall time: {results.get('wall_time_s')} s", ""]
+    if results.get("kind") == "evaluate":
+        lines += [f"Model `{results['model']}` on task `{results['task']}` ({results['n_test']} test examples).", "",
+                  "| prompt | accuracy | mode | LM calls | cached | tokens | s |", "|---|---|---|---|---|---|---|"]
+        for r in results["prompts"]:
+            lines.append(f"| {r['name']} | {r['accuracy']:.3f} | {r['mode']} | {r['calls']} | {r['cached_calls']} "
+                         f"| {r['tokens']} | {r['seconds']} |")
+        lines.append("")
+        for r in results["prompts"]:
+            counts = r["details"].get("prediction_counts")
+            if counts:
+                lines.append(f"- {r['name']}: predictions {counts}")
+    usage = results.get("usage", {})
+    if usage:
+        lines += ["", "## Usage per role", "", "| role | calls | cached | prompt tokens | completion tokens |",
+                  "|---|---|---|---|---|"]
+        for role, u in usage.items():
+            lines.append(f"| {role} | {u['calls']} | {u['cached_calls']} | {u['prompt_tokens']} "
+                         f"| {u['completion_tokens']} |")
+    lines += [""] + [f"![{p}]({p})" for p in plots]
+    return "\n".join(lines) + "\n"
+
+
+DEMO_RECIPES = ("demo.yaml",)
+
+
+def demo_recipes() -> list[Path]:
+    """The packaged recipes that ``lmopt demo`` runs, in order."""
+    root = Path(__file__).parent / "recipes"
+    return [root / name for name in DEMO_RECIPES if (root / name).exists()]

@@ -1,0 +1,101 @@
+"""`lmopt run` / recipes: validation errors, a full run on a scripted model, resume, and the CLI."""
+
+import json
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from lmopt import runner
+from lmopt.cli import app
+from lmopt.lm import LM, ScriptedBackend
+from lmopt.recipe import RecipeError, load_recipe, recipe_id
+
+RECIPE = {
+    "name": "t", "kind": "evaluate", "seed": 0, "cache": False,
+    "task": {"name": "tweets", "kwargs": {"per_class": 10}, "split": {"n_train": 6, "n_test": 12}},
+    "prompts": [{"name": "zero", "instruction": "Classify."}, {"name": "two-shot", "n_exemplars": 2}],
+}
+
+
+@pytest.fixture
+def scripted(monkeypatch):
+    backend = ScriptedBackend(lambda p, c, j: "", score_fn=lambda p, c: -1.0 if "positive" in c else -2.0)
+
+    def fake_make_lm(spec, cache=True, budget=None, meter=None):
+        return LM(backend)
+
+    monkeypatch.setattr("lmopt.lm.factory.make_lm", fake_make_lm)
+    return backend
+
+
+def test_evaluate_recipe_writes_results_report_plot_and_resumes(tmp_path, scripted):
+    run_dir = runner.run_recipe(RECIPE, tmp_path)
+    res = json.loads((run_dir / "results.json").read_text())
+    assert [r["name"] for r in res["prompts"]] == ["zero", "two-shot"]
+    # the scripted model always says "positive": accuracy = share of positives in the stratified test split
+    assert res["prompts"][0]["accuracy"] == pytest.approx(4 / 12)
+    assert res["prompts"][0]["details"]["prediction_counts"]["positive"] == 12
+    assert len(res["prompts"][1]["prompt"]["exemplars"]) == 2
+    assert (run_dir / "accuracy.png").stat().st_size > 1000
+    assert "| zero | 0.333 |" in (run_dir / "report.md").read_text()
+    calls = scripted.calls
+    assert calls == 2 * 12 * 3
+    runner.run_recipe(RECIPE, tmp_path)  # resume: everything is in the checkpoint
+    assert scripted.calls == calls
+
+
+def test_resume_after_interruption_redoes_only_missing_prompts(tmp_path, scripted):
+    run_dir = tmp_path / recipe_id(RECIPE)
+    runner.run_recipe(RECIPE, tmp_path)
+    ckpt = json.loads((run_dir / "checkpoint.json").read_text())
+    del ckpt["prompts"]["two-shot"]  # as if killed after the first prompt
+    (run_dir / "checkpoint.json").write_text(json.dumps(ckpt))
+    before = scripted.calls
+    runner.run_recipe(RECIPE, tmp_path)
+    assert scripted.calls - before == 12 * 3
+
+
+@pytest.mark.parametrize("mutate, msg", [
+    (lambda r: r.update(kind="train"), "kind 'train' is not known"),
+    (lambda r: r.update(promts=[]), "promts"),
+    (lambda r: r["prompts"].append({"name": "zero"}), "prompt names must be unique"),
+    (lambda r: r["prompts"][0].update(n_exemplars=99), "wants 99 exemplars"),
+    (lambda r: r["task"].update(name="imdb"), "unknown task 'imdb'"),
+])
+def test_invalid_recipes_are_rejected_with_the_reason(tmp_path, scripted, mutate, msg):
+    bad = json.loads(json.dumps(RECIPE))
+    mutate(bad)
+    with pytest.raises((RecipeError, ValueError), match=msg):
+        runner.run_recipe(bad, tmp_path)
+
+
+def test_recipe_file_errors(tmp_path):
+    with pytest.raises(RecipeError, match="does not exist"):
+        load_recipe(tmp_path / "nope.yaml")
+    (tmp_path / "bad.yaml").write_text("name: [unclosed")
+    with pytest.raises(RecipeError, match="not valid YAML"):
+        load_recipe(tmp_path / "bad.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(RecipeError, match="must be a YAML mapping"):
+        load_recipe(tmp_path / "list.yaml")
+
+
+def test_cli_run_and_error_exit_codes(tmp_path, scripted):
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(RECIPE))
+    cli = CliRunner()
+    ok = cli.invoke(app, ["run", str(path), "--out", str(tmp_path / "runs")])
+    assert ok.exit_code == 0, ok.output
+    assert (tmp_path / "runs" / recipe_id(RECIPE) / "results.json").exists()
+    bad = cli.invoke(app, ["run", str(tmp_path / "missing.yaml")])
+    assert bad.exit_code == 2 and "does not exist" in bad.output
+
+
+def test_packaged_demo_recipe_is_valid():
+    from lmopt.recipe import validate_evaluate
+
+    paths = runner.demo_recipes()
+    assert paths, "the demo recipe is missing from the package"
+    cfg = load_recipe(paths[0])
+    assert validate_evaluate(cfg).task.name == "tweets"

@@ -1,0 +1,91 @@
+"""The embedded SmolLM2 through LocalLM: greedy answer, exact scores, seeded sampling, hidden states."""
+
+import pytest
+import torch
+
+from lmopt.lm import LM, GenerationConfig
+
+pytestmark = pytest.mark.realmodel
+
+
+@pytest.fixture(scope="module")
+def local():
+    from lmopt.lm import LocalLM
+
+    return LocalLM(batch_size=4)
+
+
+def test_greedy_capital_of_france(local):
+    out = LM(local).generate("The capital of France is", GenerationConfig(max_new_tokens=4))[0][0]
+    assert "Paris" in out.text
+    assert out.prompt_tokens == 5 and out.completion_tokens == 4 and out.finish_reason == "length"
+
+
+def test_chat_template_answer(local):
+    msg = [{"role": "user", "content": "What is the capital of France? Answer with one word."}]
+    out = LM(local).chat(msg, GenerationConfig(max_new_tokens=12))[0][0]
+    assert "Paris" in out.text and out.finish_reason == "stop"
+
+
+def test_score_equals_manual_forward_pass(local):
+    tok, model = local.tokenizer, local.model
+    prompts = ["The capital of France is", "Tweet: I love it\nSentiment:", "2 + 2 ="]
+    conts = [" Paris, a big city", " positive", " 4"]
+    scores = local.score(prompts, conts)
+    for p, c, s in zip(prompts, conts, scores):
+        pi = tok(p, add_special_tokens=False).input_ids
+        ci = tok(c, add_special_tokens=False).input_ids
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([pi + ci])).logits[0].float(), -1)
+        manual = sum(logp[len(pi) + k - 1, t].item() for k, t in enumerate(ci))
+        assert s.continuation_tokens == len(ci)
+        assert s.logprob == pytest.approx(manual, abs=2e-3)
+
+
+def test_batched_greedy_matches_single_prompt(local):
+    prompts = ["Once upon a time", "The capital of France is", "def add(a, b):"]
+    cfg = GenerationConfig(max_new_tokens=6)
+    batched = [o[0].text for o in local.generate(prompts, cfg)]
+    single = [local.generate([p], cfg)[0][0].text for p in prompts]
+    assert batched == single
+
+
+def test_sampling_is_seeded_per_sample_and_independent_of_the_batch(local):
+    cfg = GenerationConfig(max_new_tokens=6, temperature=1.0, n=2, seed=11)
+    state = torch.random.get_rng_state()
+    alone = [c.text for c in local.generate(["Once upon a time"], cfg)[0]]
+    with_other = [c.text for c in local.generate(["Hello", "Once upon a time"], cfg)[1]]
+    assert alone == with_other
+    assert alone[0] != alone[1]
+    assert torch.equal(torch.random.get_rng_state(), state)  # the global RNG was not touched
+    other_seed = [c.text for c in local.generate(["Once upon a time"], GenerationConfig(
+        max_new_tokens=6, temperature=1.0, n=2, seed=12))[0]]
+    assert other_seed != alone
+
+
+def test_hidden_states_shape_and_errors(local):
+    h = local.hidden_states(["a b c", "hello"], layer=-1, pool="last")
+    assert h.shape == (2, local.model.config.hidden_size) and torch.isfinite(h).all()
+    with pytest.raises(ValueError, match="pool must be"):
+        local.hidden_states(["x"], pool="max")
+
+
+def test_unknown_model_offline_gives_a_clear_error(monkeypatch, tmp_path):
+    from lmopt.lm import LocalLM
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    with pytest.raises(OSError, match="could not load model 'no-such-org/no-such-model'"):
+        LocalLM("no-such-org/no-such-model")
+
+
+def test_embedder_is_normalised_and_semantic():
+    from lmopt.lm import Embedder
+
+    e = Embedder()
+    v = e.encode(["I love self-driving cars", "Autonomous vehicles are great", "The soup is cold"])
+    assert v.shape == (3, 384)
+    assert abs(float((v[0] ** 2).sum()) - 1) < 1e-4
+    assert float(v[0] @ v[1]) > float(v[0] @ v[2])
+    with pytest.raises(TypeError, match="list of strings"):
+        e.encode("just one")
