@@ -65,3 +65,16 @@ def test_bad_tasks_give_clear_errors():
     with pytest.raises(ValueError, match="per_class"):
         load_task("tweets", per_class=0)
     assert {"tweets", "gsm8k", "arithmetic"} <= set(available_tasks())
+
+
+def test_hugging_face_datasets_loader_on_local_json(tmp_path):
+    import json
+
+    from lmopt.data import load_hf_task
+
+    rows = [{"text": f"item {i}", "label": ["no", "yes"][i % 2]} for i in range(10)]
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    t = load_hf_task("json", "text", "label", data_files=str(tmp_path / "d.jsonl"), labels=("no", "yes"), limit=6)
+    assert len(t.examples) == 6 and t.examples[1].target == "yes" and t.is_classification
+    with pytest.raises(ValueError, match="has no column 'sentence'"):
+        load_hf_task("json", "sentence", "label", data_files=str(tmp_path / "d.jsonl"))

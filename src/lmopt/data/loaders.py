@@ -159,13 +159,15 @@ def _answer_line(text: str) -> str:
 
 def load_hf_task(dataset: str, input_field: str, target_field: str, split: str = "train",
                  labels: tuple[str, ...] | None = None, config_name: str | None = None,
-                 label_names: list[str] | None = None, limit: int | None = None, **task_kwargs: Any) -> Task:
-    """A task from the Hugging Face hub (needs network or a local ``datasets`` cache).
+                 label_names: list[str] | None = None, limit: int | None = None,
+                 data_files: Any = None, **task_kwargs: Any) -> Task:
+    """A task from a Hugging Face ``datasets`` source: a hub id (needs network or a local cache) or a
+    builder such as ``"json"``/``"csv"`` with ``data_files``.
 
     Integer class labels are mapped through ``label_names`` (or the dataset's ClassLabel names).
     """
     datasets = require("datasets", "data")
-    ds = datasets.load_dataset(dataset, config_name, split=split)
+    ds = datasets.load_dataset(dataset, config_name, split=split, data_files=data_files)
     for f in (input_field, target_field):
         if f not in ds.column_names:
             raise ValueError(f"{dataset} has no column {f!r}; columns: {ds.column_names}")
