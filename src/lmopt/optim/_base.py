@@ -1,0 +1,255 @@
+"""Shared machinery of lmopt's first-order optimizers.
+
+Every optimizer follows the torch.optim shape: a class holding param groups and per-parameter state, whose
+``step`` gathers (param, grad, state) and hands them to an implementation of the maths. The maths of one
+tensor is written once, as a plain function of tensors and scalar coefficients (the *reference*); the fast
+path runs the very same function through ``torch.compile`` (one fused kernel per tensor: C++/OpenMP on CPU,
+Triton on GPU), with every scalar passed as a 0-d tensor so that a changing learning rate never triggers a
+recompile. Matrix optimizers (Muon, SOAP, APOLLO) add their own batched paths. ``impl="auto"`` picks the
+compiled path when ``torch.compile`` works on the parameters' device and the reference otherwise; both are
+always available through ``impl="reference"`` / ``impl="compiled"``.
+
+Conventions shared by all optimizers here:
+
+* ``p.grad`` is never written; ``maximize=True`` negates a copy (inside the kernel).
+* ``state["step"]`` is a CPU float32 tensor (as in torch.optim): bias corrections are computed on the host
+  from it without a device synchronisation.
+* moments are stored in ``state_dtype`` (default: the parameter's dtype; ``torch.bfloat16`` halves the
+  state of fp32 models) and all arithmetic is done in fp32.
+* sparse gradients are rejected with a message; parameters whose ``grad`` is None are skipped.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import warnings
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch.optim import Optimizer
+
+_IMPLS = ("auto", "reference", "compiled")
+_COMPILED: dict[Callable[..., Any], Callable[..., Any]] = {}
+_COMPILE_BROKEN: dict[str, str] = {}
+
+
+def check_lr(lr: Any) -> None:
+    if isinstance(lr, torch.Tensor):
+        if lr.numel() != 1:
+            raise ValueError(f"Invalid learning rate: a tensor lr must have one element, got shape {tuple(lr.shape)}")
+        lr = float(lr)
+    if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not math.isfinite(lr) or lr < 0:
+        raise ValueError(f"Invalid learning rate {lr!r}: lr must be a finite float >= 0 (e.g. 1e-3)")
+
+
+def check_betas(betas: Any, n: int = 2, name: str = "betas") -> None:
+    if not isinstance(betas, (tuple, list)) or len(betas) != n:
+        raise ValueError(f"Invalid {name} {betas!r}: expected a tuple of {n} floats in [0, 1), e.g. (0.9, 0.999)")
+    for i, b in enumerate(betas):
+        if not isinstance(b, (int, float)) or not 0.0 <= float(b) < 1.0:
+            raise ValueError(f"Invalid {name}[{i}] = {b!r}: each beta must be a float in [0, 1)")
+
+
+def check_beta(beta: Any, name: str) -> None:
+    if not isinstance(beta, (int, float)) or isinstance(beta, bool) or not 0.0 <= float(beta) < 1.0:
+        raise ValueError(f"Invalid {name} {beta!r}: must be a float in [0, 1)")
+
+
+def check_nonneg(value: Any, name: str, example: str = "0.0") -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"Invalid {name} {value!r}: must be a finite float >= 0 (e.g. {example})")
+
+
+def check_pos_int(value: Any, name: str) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"Invalid {name} {value!r}: must be an integer >= 1")
+
+
+def check_state_dtype(dtype: Any) -> None:
+    if dtype is not None and dtype not in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
+        raise ValueError(
+            f"Invalid state_dtype {dtype!r}: use None (same as the parameter), torch.float32 or torch.bfloat16"
+        )
+
+
+def _compiler_available(device_type: str) -> str | None:
+    """Return None when torch.compile can build kernels for ``device_type``, else the reason."""
+    if not hasattr(torch, "compile"):
+        return "torch.compile is not available in this torch build"
+    if device_type == "cpu":
+        if shutil.which("g++") is None and shutil.which("c++") is None and shutil.which("clang++") is None:
+            return "no C++ compiler (g++/clang++) on PATH for torch.compile's CPU backend"
+        return None
+    if device_type == "cuda":
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            return "triton is not installed"
+        return None
+    return f"torch.compile path not validated on device type {device_type!r}"
+
+
+def compiled(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``torch.compile`` of a per-tensor maths function, built once per function and cached."""
+    cfn = _COMPILED.get(fn)
+    if cfn is None:
+        cfn = torch.compile(fn, fullgraph=True, dynamic=True)
+        _COMPILED[fn] = cfn
+    return cfn
+
+
+def scalar(value: float, like: torch.Tensor) -> torch.Tensor:
+    """A float64 0-d CPU tensor: a kernel argument that does not trigger recompilation when it changes."""
+    return torch.tensor(value, dtype=torch.float64)
+
+
+def _dense_flat(t: torch.Tensor) -> torch.Tensor | None:
+    """A 1-D view over the elements of a dense, non-overlapping tensor (any permutation of dims)."""
+    if t.is_contiguous():
+        return t.view(-1)
+    order = sorted(range(t.ndim), key=lambda d: t.stride(d))
+    expected = 1
+    for d in order:
+        if t.shape[d] != 1 and t.stride(d) != expected:
+            return None
+        expected *= t.shape[d]
+    return t.as_strided((t.numel(),), (1,), t.storage_offset())
+
+
+def _flatten_args(args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    layout = None
+    out = []
+    for a in args:
+        if isinstance(a, torch.Tensor) and a.ndim > 0:
+            if layout is None:
+                layout = (a.shape, a.stride())
+            elif (a.shape, a.stride()) != layout:
+                return None
+            flat = _dense_flat(a)
+            if flat is None:
+                return None
+            out.append(flat)
+        else:
+            out.append(a)
+    return tuple(out)
+
+
+class LmoptOptimizer(Optimizer):
+    """Base class: validation, implementation choice, state dtype handling and state_dict round-trip."""
+
+    #: state keys holding moments (stored in ``state_dtype``); others (step, seeds, matrices) are fixed.
+    _moment_keys: tuple[str, ...] = ()
+    #: state keys that must stay on the CPU (host-side counters and seeds).
+    _cpu_keys: tuple[str, ...] = ("step",)
+
+    def __init__(self, params: Iterable[Any], defaults: dict[str, Any], impl: str = "auto") -> None:
+        if impl not in _IMPLS:
+            raise ValueError(f"Invalid impl {impl!r}: choose one of {_IMPLS}")
+        self.impl = impl
+        super().__init__(params, defaults)
+
+    # -- helpers for subclasses ---------------------------------------------------------------------------
+    def _use_compiled(self, device: torch.device) -> bool:
+        if self.impl == "reference":
+            return False
+        reason = _COMPILE_BROKEN.get(device.type) or _compiler_available(device.type)
+        if reason is None:
+            return True
+        if self.impl == "compiled":
+            raise RuntimeError(f"impl='compiled' was requested but {reason}; use impl='reference' or 'auto'")
+        return False
+
+    def _run(self, fn: Callable[..., Any], device: torch.device, *args: Any, flat: bool = True) -> None:
+        """Run ``fn`` compiled when allowed, else eagerly (the reference).
+
+        With ``flat`` (elementwise maths) every tensor argument that is not 0-d is viewed as 1-D over its
+        storage when all of them share one dense layout, so that one compiled kernel serves every shape
+        and stride; tensors with mismatched layouts run the reference.
+        """
+        if self._use_compiled(device):
+            flat_args = _flatten_args(args) if flat else args
+            if flat_args is None:  # mixed layouts: the reference handles any strides
+                fn(*args)
+                return
+            try:
+                compiled(fn)(*flat_args)
+                return
+            except Exception as exc:  # compile toolchain failure: fall back to identical eager maths
+                if self.impl == "compiled":
+                    raise
+                _COMPILE_BROKEN[device.type] = f"torch.compile failed ({type(exc).__name__}: {exc})"
+                warnings.warn(
+                    f"{type(self).__name__}: {_COMPILE_BROKEN[device.type]}; using the reference implementation",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+        fn(*args)
+
+    def _grad(self, p: torch.Tensor) -> torch.Tensor | None:
+        g = p.grad
+        if g is None:
+            return None
+        if g.is_sparse:
+            raise RuntimeError(
+                f"{type(self).__name__} does not support sparse gradients; use torch.optim.SparseAdam for "
+                "sparse embeddings or build the embedding with sparse=False"
+            )
+        if torch.is_complex(p):
+            raise RuntimeError(f"{type(self).__name__} does not support complex parameters; use torch.view_as_real")
+        return g
+
+    @staticmethod
+    def _state_dtype(group: dict[str, Any], p: torch.Tensor) -> torch.dtype:
+        return group.get("state_dtype") or p.dtype
+
+    @staticmethod
+    def _step_tensor() -> torch.Tensor:
+        return torch.zeros((), dtype=torch.float32)
+
+    # -- torch contract -----------------------------------------------------------------------------------
+    #: state keys always kept in fp32 whatever the parameter dtype (preconditioner matrices, norms).
+    _fp32_keys: tuple[str, ...] = ()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load like torch.optim, but keep lmopt's dtypes and devices.
+
+        torch's loader casts every floating state tensor to the parameter's dtype; that would upcast bf16
+        moments and round fp32 preconditioners of bf16 parameters. The original tensors are re-applied with
+        the intended dtype (moments: ``state_dtype``; ``_fp32_keys``: fp32) on the parameter's device, and
+        host-side counters stay on the CPU.
+        """
+        saved_groups = state_dict["param_groups"]
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError(
+                f"loaded state dict has {len(saved_groups)} parameter groups but the optimizer has "
+                f"{len(self.param_groups)}; build the optimizer with the same param groups before loading"
+            )
+        originals: dict[int, dict[str, torch.Tensor]] = {}
+        for sg in saved_groups:
+            for pid in sg["params"]:
+                st = state_dict["state"].get(pid)
+                if st:
+                    originals[pid] = {k: v for k, v in st.items() if isinstance(v, torch.Tensor)}
+        super().load_state_dict(state_dict)
+        for sg, group in zip(saved_groups, self.param_groups):
+            sd_group = dict(group)
+            for pid, p in zip(sg["params"], group["params"]):
+                st = self.state.get(p)
+                if not st or pid not in originals:
+                    continue
+                for k, v in originals[pid].items():
+                    if k in self._cpu_keys:
+                        st[k] = v.detach().to("cpu").clone()
+                    elif k in self._moment_keys and v.is_floating_point():
+                        st[k] = v.detach().to(device=p.device, dtype=self._state_dtype(sd_group, p)).clone()
+                    elif k in self._fp32_keys and v.is_floating_point():
+                        st[k] = v.detach().to(device=p.device, dtype=torch.float32).clone()
+
+    def _prep_closure(self, closure: Callable[[], Any] | None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        return loss

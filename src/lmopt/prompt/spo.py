@@ -1,0 +1,118 @@
+"""SPO — Self-Supervised Prompt Optimization (Xiang et al., arXiv 2502.06855, Alg. 1, §3).
+
+No labels are used to search. A fixed sample of ``n_questions`` (3) training inputs is drawn once. Each
+round the optimiser LM rewrites the current best prompt given its outputs on those questions (the new
+instruction inside ``<prompt>`` tags); the task LM answers the same questions with the new prompt; a judge
+LM compares old and new answers pairwise ``n_judgements`` (4) times, swapping which one is shown as A or B
+each time, and the new prompt replaces the best one only if it wins a strict majority. About 8 LM calls
+per round, 10 rounds in the paper.
+
+Budget: each execution of a new prompt on the question sample spends one evaluation; one evaluation is
+reserved to score the final prompt on the validation split (for the report only: the search never sees a
+label). A proposal that cannot be parsed after retries is a logged ``parse_failure`` and the round keeps
+the current prompt — never an empty prompt (the defect of the reference implementation noted in
+ALGORITHMS.md §4). An unparseable judgement counts as a vote for the old prompt.
+"""
+
+from __future__ import annotations
+
+import re
+
+from .base import Optimizer, RunContext, StopRun
+from .evaluator import Prompt
+
+
+class SPO(Optimizer):
+    name = "spo"
+    paper = "arXiv 2502.06855 (SPO), Alg. 1"
+
+    def __init__(self, rounds: int = 10, n_questions: int = 3, n_judgements: int = 4, temperature: float = 0.7,
+                 max_output_chars: int = 600) -> None:
+        for k, v in (("rounds", rounds), ("n_questions", n_questions), ("n_judgements", n_judgements)):
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{k} must be a positive int, got {v!r}")
+        super().__init__(rounds=rounds, n_questions=n_questions, n_judgements=n_judgements,
+                         temperature=temperature, max_output_chars=max_output_chars)
+
+    def _qa(self, qs: list, outs: list[str]) -> str:
+        m = self.hparams["max_output_chars"]
+        return "\n\n".join(f"Question: {q.input}\nAnswer: {o.strip()[:m]}" for q, o in zip(qs, outs))
+
+    def _optimize(self, ctx: RunContext) -> None:
+        h = self.hparams
+        rng = ctx.rng("spo")
+        pool = ctx.splits.train or ctx.splits.validation
+        k = min(h["n_questions"], len(pool))
+        qs = [pool[int(i)] for i in rng.choice(len(pool), k, replace=False)]
+        best = ctx.best[1] if ctx.best is not None else Prompt(ctx.task.instruction)
+        self._final = best
+        if ctx.evaluations_left <= 1:
+            return
+        best_out = ctx.outputs(best, qs)
+        for r in range(h["rounds"]):
+            if ctx.evaluations_left <= 1:  # keep one evaluation for the final validation score
+                break
+            msg = ("You improve prompts. Here is the current prompt and the answers it produced.\n\n"
+                   f"Current prompt:\n{best.instruction}\n\n{self._qa(qs, best_out)}\n\n"
+                   "Write an improved prompt that would make the answers more correct, complete and "
+                   "well-formatted. Reply with the new prompt between <prompt> and </prompt>.")
+            props = ctx.propose([{"role": "user", "content": msg}], tag="prompt", temperature=h["temperature"],
+                                seed=r, what="prompt", max_new_tokens=160)
+            if not props or props[0] == best.instruction:
+                ctx.log("spo_round", round=r, accepted=False, reason="no new prompt")
+                continue
+            cand = Prompt(props[0], best.exemplars)
+            cand_out = ctx.outputs(cand, qs)
+            wins = self._judge(ctx, qs, best_out, cand_out, r)
+            accepted = wins * 2 > h["n_judgements"]
+            ctx.log("spo_round", round=r, accepted=accepted, new_wins=wins, prompt=cand.to_dict())
+            if accepted:
+                best, best_out = cand, cand_out
+                self._final = best
+
+    def _judge(self, ctx: RunContext, qs: list, old: list[str], new: list[str], r: int) -> int:
+        wins = 0
+        for j in range(self.hparams["n_judgements"]):
+            new_is_a = j % 2 == 1  # alternate the A/B order to cancel position bias
+            a, b = (new, old) if new_is_a else (old, new)
+            msg = ("Compare two sets of answers to the same questions and decide which set is better "
+                   "(more correct, complete and clear).\n\n"
+                   f"Answers A:\n{self._qa(qs, a)}\n\nAnswers B:\n{self._qa(qs, b)}\n\n"
+                   "Reply with <choose>A</choose> or <choose>B</choose>.")
+            texts = ctx.complete([[{"role": "user", "content": msg}]], _judge_cfg(r * 10 + j), role="judge")[0]
+            choice = _parse_choice(texts[0])
+            if choice is None:
+                ctx.parse_failures += 1
+                ctx.log("parse_failure", what="judgement", raw=texts[0][:300], score=0.0)
+                continue
+            wins += int((choice == "A") == new_is_a)
+        return wins
+
+    def _finalize(self, ctx: RunContext) -> None:
+        final = getattr(self, "_final", None)
+        if final is None:
+            return
+        score = ctx.score_of(final)
+        if score is None:
+            try:
+                score = ctx.evaluate(final, source="spo final")
+            except StopRun:
+                return
+        ctx.best = (score, final)
+
+
+def _judge_cfg(seed: int):
+    from ..lm.types import GenerationConfig
+
+    return GenerationConfig(max_new_tokens=32, temperature=0.7, seed=seed)
+
+
+def _parse_choice(text: str) -> str | None:
+    m = re.findall(r"<\s*choose\s*>\s*([AB])\b", text, flags=re.IGNORECASE)
+    if m:
+        return m[-1].upper()
+    m = re.findall(r"\b(?:answer|set|choice|choose)\s*:?\s*([AB])\b", text, flags=re.IGNORECASE)
+    if m:
+        return m[-1].upper()
+    m = re.fullmatch(r"\s*([AB])\s*[.!]?\s*", text)
+    return m.group(1).upper() if m else None

@@ -1,0 +1,105 @@
+"""Random directions regenerated from integer seeds.
+
+A zeroth-order step never stores a direction vector: it stores an integer seed and regenerates the
+direction, tensor by tensor and chunk by chunk, whenever it is needed (perturb, restore, update). This is
+the memory trick of MeZO (arXiv 2305.17333, Algorithm 1), made independent of the global RNG: every chunk
+has its own seed derived from ``(direction seed, tensor index, chunk index)`` and is drawn from a
+device-local :class:`torch.Generator`, so
+
+* the user's global RNG stream is never read or written (MeZO's ``torch.manual_seed`` clobbers it);
+* any chunk of any direction can be regenerated on its own, in any order, with one chunk of memory;
+* results do not depend on how many other tensors there are or in which order they are visited.
+
+Directions are standard Gaussian ``z ~ N(0, I)`` or uniform on the unit sphere ``u = z / ||z||``; the
+sphere's norm runs over *all* perturbed tensors (one direction for the whole parameter vector, not one per
+tensor — the block-coordinate variant of the R-AdaZO reference code is a known defect).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+
+_MASK64 = (1 << 64) - 1
+DIRECTION_KINDS = ("gaussian", "sphere")
+DEFAULT_CHUNK = 1 << 20
+
+
+def mix_seed(*parts: int) -> int:
+    """Hash integers into a 63-bit seed (SplitMix64 finaliser applied per part).
+
+    >>> mix_seed(0, 1) == mix_seed(0, 1) and mix_seed(0, 1) != mix_seed(1, 0)
+    True
+    """
+    h = 0x243F6A8885A308D3
+    for part in parts:
+        h = (h ^ (int(part) & _MASK64)) & _MASK64
+        h = (h + 0x9E3779B97F4A7C15) & _MASK64
+        z = h
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+        h = z ^ (z >> 31)
+    return h & ((1 << 63) - 1)
+
+
+def chunk_bounds(numel: int, chunk_size: int) -> Iterator[tuple[int, int, int]]:
+    """Yield ``(chunk_index, start, end)`` covering ``range(numel)``."""
+    for ci, start in enumerate(range(0, numel, chunk_size)):
+        yield ci, start, min(start + chunk_size, numel)
+
+
+class DirectionSampler:
+    """Regenerates chunks of a random direction from ``(seed, tensor_index, chunk_index)``.
+
+    Args:
+        kind: ``"gaussian"`` (``z ~ N(0, I)``) or ``"sphere"`` (``z / ||z||`` over all tensors).
+        chunk_size: number of elements generated at once; the extra memory of a ZO step is one chunk.
+    """
+
+    def __init__(self, kind: str = "gaussian", chunk_size: int = DEFAULT_CHUNK) -> None:
+        if kind not in DIRECTION_KINDS:
+            raise ValueError(f"directions must be one of {DIRECTION_KINDS}, got {kind!r}")
+        if not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+        self.kind = kind
+        self.chunk_size = chunk_size
+        self._generators: dict[torch.device, torch.Generator] = {}
+
+    def _generator(self, device: torch.device) -> torch.Generator:
+        gen = self._generators.get(device)
+        if gen is None:
+            gen = torch.Generator(device=device)
+            self._generators[device] = gen
+        return gen
+
+    def chunk(self, seed: int, tensor_index: int, chunk_index: int, n: int, device: torch.device,
+              dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The raw Gaussian values of one chunk (the sphere's normalisation is applied by the caller)."""
+        gen = self._generator(torch.device(device))
+        gen.manual_seed(mix_seed(seed, tensor_index, chunk_index))
+        return torch.randn(n, generator=gen, device=device, dtype=dtype)
+
+    def chunks(self, seed: int, tensor_index: int, numel: int, device: torch.device,
+               dtype: torch.dtype = torch.float32) -> Iterator[tuple[int, int, torch.Tensor]]:
+        """Yield ``(start, end, z_chunk)`` for one tensor."""
+        for ci, start, end in chunk_bounds(numel, self.chunk_size):
+            yield start, end, self.chunk(seed, tensor_index, ci, end - start, device, dtype)
+
+    def full(self, seed: int, tensor_index: int, shape: Sequence[int] | torch.Size, device: torch.device,
+             dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The whole raw Gaussian direction of one tensor (for tests and small problems)."""
+        numel = 1
+        for s in shape:
+            numel *= int(s)
+        parts = [z for _, _, z in self.chunks(seed, tensor_index, numel, device, dtype)]
+        flat = torch.cat(parts) if parts else torch.empty(0, device=device, dtype=dtype)
+        return flat.view(tuple(shape))
+
+    def norm(self, seed: int, tensors: Sequence[tuple[int, torch.Tensor]]) -> float:
+        """``||z||`` of the raw Gaussian over all ``(tensor_index, tensor)`` pairs (one chunk at a time)."""
+        total = 0.0
+        for ti, t in tensors:
+            for _, _, z in self.chunks(seed, ti, t.numel(), t.device):
+                total += float(torch.dot(z, z))
+        return total ** 0.5

@@ -1,0 +1,188 @@
+"""Bandits on synthetic reward landscapes: each must beat uniform sampling (fixed seeds, asserted regret)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from lmopt.bandits import EXP3, BetaBernoulliTS, ExponentialWeights, NeuralUCB, exp3_gamma
+
+
+# ------------------------------------------------------------------ NeuralUCB
+def _landscape(seed: int, n: int = 200, d: int = 6):
+    """A smooth nonlinear reward over random arms: a sigmoid ridge plus a sinusoidal bump."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, d)).astype(np.float32)
+    w = rng.normal(size=d)
+    w /= np.linalg.norm(w)
+    f = 1 / (1 + np.exp(-2 * X @ w)) + 0.2 * np.sin(2 * X[:, 1])
+    return X, f
+
+
+T_NEURAL = 20
+
+
+def _run_neural_ucb(seed: int, T: int = T_NEURAL, n_init: int = 5):
+    X, f = _landscape(seed)
+    rng = np.random.default_rng(100 + seed)
+    bandit = NeuralUCB(X.shape[1], train_steps=60, lr=1e-2, nu=0.01, seed=seed)
+    chosen = [int(i) for i in rng.choice(len(X), n_init, replace=False)]
+    for i in chosen:
+        bandit.add_observation(X[i], f[i] + 0.05 * rng.normal())
+    while len(chosen) < T:
+        bandit.fit()
+        i = bandit.select(X, exclude=chosen)
+        assert i not in chosen
+        bandit.update(X[i], f[i] + 0.05 * rng.normal())
+        chosen.append(i)
+    return f.max() - f[chosen].max(), f.max() * T - f[chosen].sum()
+
+
+def test_neural_ucb_beats_uniform_sampling():
+    simple, cumulative, u_simple, u_cum = [], [], [], []
+    for seed in range(3):
+        s, c = _run_neural_ucb(seed)
+        simple.append(s)
+        cumulative.append(c)
+        X, f = _landscape(seed)
+        # uniform sampling without replacement, averaged over 50 draws (its expected regret)
+        rng = np.random.default_rng(seed)
+        draws = [rng.choice(len(X), T_NEURAL, replace=False) for _ in range(50)]
+        u_simple.append(np.mean([f.max() - f[d].max() for d in draws]))
+        u_cum.append(np.mean([f.max() * T_NEURAL - f[d].sum() for d in draws]))
+    # the 5 random initial arms are included in NeuralUCB's regret
+    assert np.mean(cumulative) < 0.8 * np.mean(u_cum), (cumulative, u_cum)
+    assert np.mean(simple) < np.mean(u_simple), (simple, u_simple)
+
+
+def test_neural_ucb_gradients_match_autograd_and_sigma_shrinks():
+    b = NeuralUCB(4, hidden=8, hidden_layers=2, seed=3, train_steps=0)
+    X = torch.randn(5, 4, generator=torch.Generator().manual_seed(0))
+    G = b.gradients(X)
+    assert G.shape == (5, b.n_params)
+    for i in range(5):
+        b.net.zero_grad()
+        b.net(X[i: i + 1]).sum().backward()
+        ref = torch.cat([p.grad.reshape(-1) for p in b.net.parameters()])
+        torch.testing.assert_close(G[i], ref)
+    # sigma = sqrt(sum lam*nu*g^2/U) with U = lam at start
+    mu, sig = b.ucb(X)
+    expect = torch.sqrt((b.nu * G * G).sum(1)).double().numpy()
+    np.testing.assert_allclose(sig, expect, rtol=1e-5)
+    b.update(X[0], 1.0)  # U grows along g(x0)^2 -> x0's bonus shrinks
+    _, sig2 = b.ucb(X)
+    assert sig2[0] < sig[0]
+    np.testing.assert_allclose(b.U.numpy(), (b.lam + G[0] ** 2).numpy(), rtol=1e-6)
+
+
+def test_neural_ucb_deterministic_and_validates():
+    X, f = _landscape(0, n=50)
+    picks = []
+    for _ in range(2):
+        b = NeuralUCB(6, train_steps=30, seed=7)
+        for i in range(4):
+            b.add_observation(X[i], f[i])
+        b.fit()
+        picks.append((b.select(X), b.mean(X[:3]).tolist()))
+    assert picks[0] == picks[1]
+    with pytest.raises(ValueError, match="shape"):
+        b.select(np.zeros((3, 5)))
+    with pytest.raises(ValueError, match="lam"):
+        NeuralUCB(3, lam=0)
+    with pytest.raises(ValueError, match="NaN"):
+        b.mean(np.full((1, 6), np.nan))
+    with pytest.raises(ValueError, match="every arm is excluded"):
+        b.select(X[:2], exclude=[0, 1])
+
+
+# ------------------------------------------------------------------ EXP3
+def test_exp3_gamma_follows_auer_cor_3_2():
+    assert exp3_gamma(10, 1000) == pytest.approx(math.sqrt(10 * math.log(10) / ((math.e - 1) * 1000)))
+    assert exp3_gamma(10, 1) == 1.0
+    with pytest.raises(ValueError, match="gamma"):
+        EXP3(5)
+
+
+def test_exp3_update_is_importance_weighted():
+    b = EXP3(4, gamma=0.2, seed=0)
+    p = b.probabilities()
+    np.testing.assert_allclose(p, 0.25)
+    b.update(2, 0.5)
+    w = np.ones(4)
+    w[2] = math.exp(0.2 * (0.5 / 0.25) / 4)
+    np.testing.assert_allclose(b.probabilities(), 0.8 * w / w.sum() + 0.2 / 4)
+    assert b.probabilities().min() >= 0.2 / 4 - 1e-12
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        b.update(0, 1.5)
+
+
+@pytest.mark.parametrize("adversarial", [False, True])
+def test_exp3_beats_uniform(adversarial):
+    K, T = 8, 3000
+    means = np.linspace(0.2, 0.8, K)
+    regrets = []
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        b = EXP3(K, horizon=T, seed=seed)
+        total, best = 0.0, 0.0
+        for t in range(T):
+            m = means if not adversarial or t < T // 3 else means[::-1]  # best arm switches once
+            rewards = (rng.random(K) < m).astype(float)
+            a = b.select()
+            b.update(a, rewards[a])
+            total += rewards[a]
+            best += m.max() if not adversarial else 0.0
+        if adversarial:  # best fixed arm in hindsight
+            best = max(means[i] * (T // 3) + means[::-1][i] * (T - T // 3) for i in range(K))
+        regrets.append(best - total)
+    uniform_regret = (T * means.max() if not adversarial else best) - T * means.mean()
+    assert np.median(regrets) < 0.5 * uniform_regret, (regrets, uniform_regret)
+
+
+def test_exponential_weights_concentrates_on_best_estimate():
+    ew = ExponentialWeights(eta=2.0, seed=0)
+    ew.add_arms(3)
+    for _ in range(5):
+        ew.accumulate([0.1, 0.9, 0.5])
+    p = ew.probabilities()
+    assert p.argmax() == 1 and p[1] > 0.95
+    np.testing.assert_allclose(p, np.exp(2 * np.array([0.5, 4.5, 2.5])) / np.exp(2 * np.array([0.5, 4.5, 2.5])).sum())
+    ew.add_arms(1)
+    assert ew.probabilities().shape == (4,)
+    with pytest.raises(ValueError, match="one estimate per arm"):
+        ew.accumulate([1.0])
+    draws = [ExponentialWeights(1.0, seed=5) for _ in range(2)]
+    for d in draws:
+        d.add_arms(4)
+    assert [draws[0].select() for _ in range(10)] == [draws[1].select() for _ in range(10)]
+
+
+# ------------------------------------------------------------------ Thompson sampling
+def test_thompson_beats_uniform_and_updates_posterior():
+    K, T = 10, 1500
+    means = np.linspace(0.1, 0.7, K)
+    regrets = []
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        ts = BetaBernoulliTS(K, seed=seed)
+        total = 0.0
+        for _ in range(T):
+            a = ts.select()
+            r = float(rng.random() < means[a])
+            ts.update(a, r)
+            total += means[a]
+        regrets.append(T * means.max() - total)
+    uniform = T * (means.max() - means.mean())
+    assert np.median(regrets) < 0.2 * uniform and max(regrets) < 0.35 * uniform, (regrets, uniform)
+
+    ts = BetaBernoulliTS(2, alpha0=2, beta0=3, binarize=False)
+    ts.update(0, 1.0)
+    ts.update(0, 0.25)
+    np.testing.assert_allclose(ts.alpha, [3.25, 2.0])
+    np.testing.assert_allclose(ts.beta, [3.75, 3.0])
+    assert len(set(ts.select_batch(2))) == 2
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        ts.update(1, -0.1)

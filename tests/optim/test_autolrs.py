@@ -1,0 +1,72 @@
+"""AutoLRS: loss forecast, snapshot/restore, stage doubling and LR choice on a quadratic."""
+
+import math
+
+import pytest
+import torch
+
+from lmopt.optim import AutoLRS, forecast_exponential
+
+pytest.importorskip("optuna")
+
+
+def test_forecast_recovers_exponential():
+    xs = range(1, 21)
+    losses = [2.0 * math.exp(-0.15 * x) + 0.5 for x in xs]
+    assert forecast_exponential(losses, 200) == pytest.approx(0.5, abs=0.01)
+    assert forecast_exponential(losses, 20) == pytest.approx(losses[-1], abs=0.01)
+    assert forecast_exponential([1.0, float("nan"), 0.5], 10) == math.inf
+    with pytest.raises(ValueError, match="at least one"):
+        forecast_exponential([], 5)
+
+
+def _setup(seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    target = torch.randn(20, generator=gen)
+    w = torch.nn.Parameter(torch.zeros(20))
+    model = torch.nn.Module()
+    model.w = w
+    noise = torch.Generator().manual_seed(seed + 1)
+
+    def train_step():
+        g = torch.randn(20, generator=noise) * 0.01
+        loss = 0.5 * ((w - target) ** 2).sum() + (g * w).sum()
+        loss.backward()
+        return loss
+
+    return model, w, target, train_step
+
+
+def test_search_restores_snapshot_and_stages_double():
+    model, w, _, train_step = _setup()
+    opt = torch.optim.SGD([w], lr=0.1)
+    sched = AutoLRS(model, opt, lr_bounds=(1e-3, 1.5), tau=10, n_trials=4, min_tau_prime=5)
+    sched.step(train_step)
+    # the trials were undone: one real SGD step from zero at the chosen LR
+    assert sched.search_steps == 4 * 5 and sched.steps_done == 1
+    chosen = sched.history[0]["lr"]
+    assert 1e-3 <= chosen <= 1.5
+    for _ in range(9 + 20):
+        sched.step(train_step)
+    assert [h["tau"] for h in sched.history] == [10, 20]
+    assert [h["start_step"] for h in sched.history] == [0, 10]
+
+
+def test_picks_a_good_lr_on_a_quadratic():
+    model, w, target, train_step = _setup()
+    opt = torch.optim.SGD([w], lr=1.0)
+    sched = AutoLRS(model, opt, lr_bounds=(1e-4, 1.5), tau=40, n_trials=8, seed=0)
+    while sched.steps_done < 40:
+        sched.step(train_step)
+    # on ½‖w − t‖² tiny LRs barely move in 40 steps so the search must move away from them
+    assert 0.05 < sched.history[0]["lr"] <= 1.5
+    assert float((w.detach() - target).norm() / target.norm()) < 0.05
+
+
+def test_bad_arguments():
+    model, w, _, _ = _setup()
+    opt = torch.optim.SGD([w], lr=0.1)
+    with pytest.raises(ValueError, match="lr_bounds"):
+        AutoLRS(model, opt, lr_bounds=(1e-1, 1e-3))
+    with pytest.raises(ValueError, match="tau"):
+        AutoLRS(model, opt, tau=0)

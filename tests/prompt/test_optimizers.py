@@ -1,0 +1,160 @@
+"""Every optimiser end to end against a scripted LM; budgets, parse failures, resume, determinism."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lmopt.lm import LM, Budget
+from lmopt.prompt import (
+    APE,
+    EASE,
+    INSTINCT,
+    OPRO,
+    SPO,
+    Prompt,
+    PromptBudget,
+    RandomSearch,
+)
+
+from .conftest import ToyLM, make_task
+
+SPLIT = {"seed": 0, "n_train": 30, "n_val": 12, "n_test": 20}
+FAST_EASE = {"embedder": "hash", "train_steps": 40, "n_candidates": 60, "n_initial": 3}
+
+
+def _methods():
+    return {
+        "random": lambda: RandomSearch(n_shots=3),
+        "ape": lambda: APE(prompts_per_subsample=4, n_subsamples=2),
+        "opro": lambda: OPRO(proposals_per_step=3),
+        "ease": lambda: EASE(n_shots=3, **FAST_EASE),
+        "ease_ot_joint": lambda: EASE(n_shots=3, ot_filter=True, ot_keep=20, joint=True,
+                                      instructions=["Answer carefully with yes or no."], **FAST_EASE),
+        "instinct": lambda: INSTINCT(n_candidates=6, n_initial=2, embedder="hash", train_steps=40),
+        "spo": lambda: SPO(rounds=3),
+    }
+
+
+@pytest.mark.parametrize("name", list(_methods()))
+def test_optimizer_end_to_end(name, toy_task, toy_lm):
+    _, lm = toy_lm
+    res = _methods()[name]().run(toy_task, lm, budget=8, split=SPLIT, seed=0)
+    assert 1 <= res.n_evaluations <= 8
+    assert res.best_prompt.instruction.strip()
+    assert res.seed_val_score is not None and res.test_score is not None and res.seed_test_score is not None
+    if name != "spo":  # SPO picks by judge, not by validation score
+        assert res.val_score >= res.seed_val_score
+        assert res.val_score == max(h["val_score"] for h in res.history if h["kind"] == "eval")
+    assert res.usage["task"]["calls"] > 0
+    if name in ("ape", "opro", "spo", "instinct"):
+        assert res.usage["optimizer"]["calls"] > 0
+    if name == "spo":
+        assert res.usage["judge"]["calls"] > 0
+        assert any(h["kind"] == "spo_round" for h in res.history)
+    json.dumps(res.to_dict())  # JSON-able
+
+
+def test_ease_beats_seed_and_prefers_good_exemplars(toy_task):
+    toy = ToyLM(toy_task)
+    res = EASE(n_shots=4, **{**FAST_EASE, "n_initial": 4}).run(toy_task, LM(toy.backend), budget=14, split=SPLIT)
+    assert res.val_score > res.seed_val_score
+    n_good = sum("GOOD" in e.input for e in res.best_prompt.exemplars)
+    assert n_good >= 2, res.best_prompt
+
+
+def test_parse_failures_are_logged_not_crashing(toy_task):
+    toy = ToyLM(toy_task, proposals="garbage")
+    res = OPRO(proposals_per_step=2, max_failed_steps=2).run(toy_task, LM(toy.backend), budget=5, split=SPLIT)
+    fails = [h for h in res.history if h["kind"] == "parse_failure"]
+    assert res.parse_failures == len(fails) >= 4 and all(f["score"] == 0.0 for f in fails)
+    assert res.best_prompt == Prompt(toy_task.instruction)  # fell back to the seed, never an empty prompt
+    assert res.n_evaluations == 1
+    res = SPO(rounds=2).run(toy_task, LM(toy.backend), budget=5, split=SPLIT)
+    assert res.best_prompt.instruction == toy_task.instruction and res.parse_failures >= 2
+
+
+def test_lm_budget_stops_before_exceeding(toy_task):
+    toy = ToyLM(toy_task)
+    limit = 12 * 2 * 3 + 5  # 3 prompt evaluations of 12 examples x 2 labels, plus a little
+    lm = LM(toy.backend, budget=Budget.from_dict({"task": {"calls": limit}}))
+    res = RandomSearch(n_shots=3).run(toy_task, lm, budget=50, split=SPLIT, evaluate_test=False)
+    assert res.stop_reason.startswith("LM budget")
+    assert lm.usage()["task"]["calls"] <= limit
+    assert res.n_evaluations == 3
+    # run-level LM limits via the PromptBudget are enforced too
+    toy2 = ToyLM(toy_task)
+    res = RandomSearch(n_shots=3).run(toy_task, LM(toy2.backend), split=SPLIT, evaluate_test=False,
+                                      budget={"evaluations": 50, "task": {"calls": 30}})
+    assert res.n_evaluations == 1 and res.usage["task"]["calls"] <= 30 and "budget" in res.stop_reason
+    assert PromptBudget.from_any({"evaluations": 3}).evaluations == 3
+    with pytest.raises(ValueError, match="positive int"):
+        PromptBudget(evaluations=0)
+
+
+@pytest.mark.parametrize("name", ["opro", "ease", "spo"])
+def test_resume_after_interruption_matches_uninterrupted(name, tmp_path):
+    task = make_task()
+    ref_toy = ToyLM(task)
+    ref = _methods()[name]().run(task, LM(ref_toy.backend), budget=7, split=SPLIT, seed=1)
+    total_calls = ref_toy.backend.calls
+
+    toy = ToyLM(task)
+    toy.fail_after = total_calls // 2
+    with pytest.raises(KeyboardInterrupt):
+        _methods()[name]().run(task, LM(toy.backend), budget=7, split=SPLIT, seed=1, checkpoint_dir=tmp_path)
+    first = toy.backend.calls
+    toy.fail_after = None
+    res = _methods()[name]().run(task, LM(toy.backend), budget=7, split=SPLIT, seed=1, checkpoint_dir=tmp_path)
+    assert res.best_prompt == ref.best_prompt and res.val_score == ref.val_score
+    assert [h.get("prompt") for h in res.history] == [h.get("prompt") for h in ref.history]
+    # nothing answered before the interruption is asked again: both sessions together cost the
+    # uninterrupted run's calls plus the one batch that was cut (at most the 20 test examples x 2 labels)
+    assert first < total_calls and toy.backend.calls <= total_calls + 40
+    before = toy.backend.calls
+    again = _methods()[name]().run(task, LM(toy.backend), budget=7, split=SPLIT, seed=1, checkpoint_dir=tmp_path)
+    assert toy.backend.calls == before  # a finished run costs zero LM calls
+    assert again.to_dict() == res.to_dict()
+    with pytest.raises(ValueError, match="different run"):
+        _methods()[name]().run(task, LM(toy.backend), budget=9, split=SPLIT, seed=1, checkpoint_dir=tmp_path)
+
+
+def test_rerun_with_cache_costs_zero_calls(tmp_path):
+    from lmopt.lm import CallCache
+
+    task = make_task()
+    toy = ToyLM(task)
+    cache = CallCache(tmp_path / "cache.sqlite")
+    r1 = OPRO(proposals_per_step=2).run(task, LM(toy.backend, cache=cache), budget=5, split=SPLIT)
+    n = toy.backend.calls
+    r2 = OPRO(proposals_per_step=2).run(task, LM(toy.backend, cache=cache), budget=5, split=SPLIT)
+    assert toy.backend.calls == n and r2.best_prompt == r1.best_prompt
+    assert r2.usage["task"]["calls"] == 0 and r2.usage["task"]["cached_calls"] > 0
+
+
+@pytest.mark.parametrize("name", ["random", "ease", "opro"])
+def test_deterministic_per_seed(name, toy_task):
+    runs = []
+    for seed in (0, 0, 1):
+        toy = ToyLM(toy_task)
+        runs.append(_methods()[name]().run(toy_task, LM(toy.backend), budget=6, split=SPLIT, seed=seed))
+    evals = [[h["prompt"] for h in r.history if h["kind"] == "eval"] for r in runs]
+    assert evals[0] == evals[1]
+    assert evals[0] != evals[2]  # seed 0 is a seed like any other (not "no seed")
+
+
+def test_bad_inputs(toy_task, toy_lm):
+    _, lm = toy_lm
+    with pytest.raises(ValueError, match="n_shots"):
+        RandomSearch(n_shots=-1)
+    with pytest.raises(ValueError, match="something to search"):
+        RandomSearch(n_shots=0)
+    with pytest.raises(ValueError, match="exceeds"):
+        RandomSearch(n_shots=40).run(toy_task, lm, budget=3, split=SPLIT)
+    with pytest.raises(TypeError, match="Task"):
+        RandomSearch().run("toy", lm, budget=3)
+    with pytest.raises(ValueError, match="features='hidden'"):
+        INSTINCT(features="hidden", n_candidates=2, embedder="hash").run(toy_task, lm, budget=4, split=SPLIT)
+    with pytest.raises(ValueError, match="unknown split"):
+        RandomSearch().run(toy_task, lm, budget=3, split={"n_dev": 3})

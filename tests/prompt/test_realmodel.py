@@ -1,0 +1,36 @@
+"""Prompt optimisation with the embedded SmolLM2-135M-Instruct on a tiny budget (real model)."""
+
+from __future__ import annotations
+
+import pytest
+
+from lmopt.data import load_task
+from lmopt.lm import LM
+from lmopt.prompt import INSTINCT, RandomSearch
+
+pytestmark = pytest.mark.realmodel
+
+
+@pytest.fixture(scope="module")
+def local():
+    from lmopt.lm import LocalLM
+
+    return LocalLM(batch_size=8)
+
+
+def test_random_search_and_white_box_instinct_on_tweets(local, tmp_path):
+    task = load_task("tweets", per_class=10, seed=0)
+    splits = task.split(0, n_train=8, n_val=4, n_test=3)
+    lm = LM(local)
+    res = RandomSearch(n_shots=2).run(task, lm, budget=2, splits=splits, checkpoint_dir=tmp_path)
+    assert res.n_evaluations == 2 and res.usage["task"]["calls"] > 0
+    assert res.val_score >= res.seed_val_score and 0 <= res.test_score <= 1
+    again = RandomSearch(n_shots=2).run(task, lm, budget=2, splits=splits, checkpoint_dir=tmp_path)
+    assert again.to_dict() == res.to_dict()
+    # INSTINCT in white-box mode: NeuralUCB on SmolLM2's last-token hidden states of each instruction
+    cands = ["Is the tweet negative, neutral or positive?", "Say how the writer feels: negative, neutral or positive."]
+    res = INSTINCT(candidates=cands, n_candidates=2, n_initial=1, train_steps=20).run(
+        task, lm, budget=2, splits=splits, evaluate_test=False)
+    feats = [h for h in res.history if h["kind"] == "candidates"][0]
+    assert feats["features"] == "hidden" and feats["dim"] == 576
+    assert res.n_evaluations == 2
