@@ -43,7 +43,8 @@ def _decay_groups(params: list[torch.nn.Parameter], wd: float) -> list[dict[str,
 
 
 def optimizers() -> dict[str, tuple[list[float], Callable[[GPT, float], torch.optim.Optimizer]]]:
-    """name → (LR grid, factory(model, lr)). Grids are centred on each method's recommended setting."""
+    """name → (LR grid, factory(model, lr)). Grids start around each method's recommended setting and were
+    widened where a first full run found the best LR at the grid's edge."""
     from lmopt import optim as lo
 
     def adamw(m: GPT, lr: float) -> torch.optim.Optimizer:
@@ -81,10 +82,10 @@ def optimizers() -> dict[str, tuple[list[float], Callable[[GPT, float], torch.op
         "Lion": ([1e-4, 3e-4, 1e-3], lion),
         "AdaBelief": ([1e-3, 3e-3, 1e-2], adabelief),
         "EXAdam": ([3e-4, 1e-3, 3e-3], exadam),
-        "APOLLO": ([1e-3, 3e-3, 1e-2], apollo),
-        "APOLLO-Mini": ([3e-4, 1e-3, 3e-3], lambda m, lr: apollo(m, lr, mini=True)),
-        "Muon": ([0.01, 0.02, 0.05], muon),
-        "SOAP": ([1e-3, 3e-3, 1e-2], soap),
+        "APOLLO": ([3e-3, 1e-2, 3e-2], apollo),
+        "APOLLO-Mini": ([1e-3, 3e-3, 1e-2, 3e-2], lambda m, lr: apollo(m, lr, mini=True)),
+        "Muon": ([0.02, 0.05, 0.1], muon),
+        "SOAP": ([3e-3, 1e-2, 3e-2], soap),
     }
 
 
@@ -173,11 +174,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         target = results["AdamW"]["final_val"]["median"]
         for res in results.values():
             reach = [steps_to_reach(r["curve"], target) for r in res["runs"]]
-            ok = [s for s in reach if s is not None]
+            # a run that never reaches the target counts as "more than the budget" in the median
+            med = statistics.median([s if s is not None else math.inf for s in reach])
             res["steps_to_adamw_final"] = reach
-            res["steps_to_adamw_final_median"] = statistics.median(ok) if len(ok) == len(reach) else None
-            res["speedup_vs_adamw"] = steps / res["steps_to_adamw_final_median"] if ok and len(ok) == len(
-                reach) else None
+            res["steps_to_adamw_final_median"] = med if math.isfinite(med) else None
+            res["speedup_vs_adamw"] = steps / med if math.isfinite(med) else None
     for name, res in results.items():
         table.append(dict(optimizer=name, best_lr=res["best_lr"], final_val_median=res["final_val"]["median"],
                           final_val_min=res["final_val"]["min"], final_val_max=res["final_val"]["max"],

@@ -115,6 +115,9 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--tasks", default=None, help="comma-separated task names")
         p.add_argument("--methods", default=None, help="comma-separated method names")
         p.add_argument("--no-expo", action="store_true", help="skip the EXPO bandit part")
+        p.add_argument("--expo-only", action="store_true", help="only the EXPO bandit part")
+        p.add_argument("--from-partial", nargs="+", default=None, metavar="PARTIAL_JSON",
+                       help="no new runs: summarise prompt_opt.partial.json files of interrupted runs")
 
     args = parse_args("prompt_opt", __doc__.splitlines()[0], default_seeds=3, argv=argv, extra=extra)
     cfg = dict(QUICK if args.quick else DEFAULTS)
@@ -124,7 +127,12 @@ def main(argv: list[str] | None = None) -> None:
         cfg["tasks"] = args.tasks.split(",")
     if args.methods:
         cfg["methods"] = args.methods.split(",")
+    if args.expo_only:
+        cfg["tasks"] = []
+        cfg["expo_horizon"] = cfg["expo_horizon"] or DEFAULTS["expo_horizon"]
     seeds = args.seeds or cfg["seeds"]
+    if args.from_partial:
+        return _from_partial(args, args.from_partial)
     from lmopt.lm import LM, CallCache, LocalLM
 
     t_all = time.perf_counter()
@@ -154,18 +162,13 @@ def main(argv: list[str] | None = None) -> None:
                 _log(f"{tname} {m} seed {s}: val {res.val_score:.3f} test {res.test_score} (seed prompt "
                      f"{res.seed_test_score}) calls {runs[-1]['calls']} {runs[-1]['wall_s']:.0f}s")
                 _write_partial(args.out, results, tname, m, runs)
-            rows[m] = {"runs": runs, **{k: median_spread([r[k] for r in runs]) for k in
-                                        ("val", "test", "calls", "tokens", "wall_s")},
-                       "gain_vs_seed": median_spread([r["test"] - r["seed_test"] for r in runs])}
-        base = rows.get("random")
-        for row in rows.values():
-            if base:
-                row["test_minus_random"] = row["test"]["median"] - base["test"]["median"]
-                row["wall_ratio_vs_random"] = row["wall_s"]["median"] / max(1e-9, base["wall_s"]["median"])
+            rows[m] = _row(runs)
+        _vs_random(rows)
         results["tasks"][tname] = {"n": [len(splits.train), len(splits.validation), len(splits.test)],
                                    "mode": "score" if task.is_classification else "generate (chat)", "methods": rows}
-    _log("evaluator throughput ...")
-    results["throughput"] = throughput(local, cfg)
+    if not args.expo_only:
+        _log("evaluator throughput ...")
+        results["throughput"] = throughput(local, cfg)
     if cfg["expo_horizon"] and not args.no_expo:
         _log("EXPO on the LLM bandit ...")
         results["expo"] = expo_bench(local, cfg, seeds)
@@ -178,8 +181,44 @@ def main(argv: list[str] | None = None) -> None:
     summary = {"tasks": list(results["tasks"]), "methods": cfg["methods"], "seeds": seeds, "evals": cfg["evals"],
                "median_test": {t: {m: round(r["test"]["median"], 3) for m, r in d["methods"].items()}
                                for t, d in results["tasks"].items()},
-               "beat_random": beats, "throughput_speedup": round(results["throughput"]["speedup"], 2),
+               "beat_random": beats,
+               "throughput_speedup": round(results["throughput"]["speedup"], 2) if "throughput" in results else None,
                "wall_time_s": round(results["wall_time_s"], 1)}
+    write_result(args, results, summary)
+
+
+def _row(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    keys = ("val", "test", "calls", "tokens", "wall_s")
+    return {"runs": runs, **{k: median_spread([r[k] for r in runs]) for k in keys},
+            "gain_vs_seed": median_spread([r["test"] - r["seed_test"] for r in runs])}
+
+
+def _vs_random(rows: dict[str, Any]) -> None:
+    base = rows.get("random")
+    for row in rows.values():
+        if base:
+            row["test_minus_random"] = row["test"]["median"] - base["test"]["median"]
+            row["wall_ratio_vs_random"] = row["wall_s"]["median"] / max(1e-9, base["wall_s"]["median"])
+
+
+def _from_partial(args: Any, paths: list[str]) -> None:
+    """Summaries, plots and NAME.json from the per-run records of interrupted runs (nothing re-run)."""
+    from lmopt._io import read_json
+
+    results: dict[str, Any] = {"tasks": {}, "partial": True, "sources": paths}
+    for p in paths:
+        part = read_json(p)
+        if part is None:
+            raise SystemExit(f"{p} does not exist")
+        results["config"] = part["config"]
+        for task, methods in part["runs"].items():
+            rows = {m: _row(runs) for m, runs in methods.items() if runs}
+            _vs_random(rows)
+            results["tasks"][task] = {"methods": rows}
+    _plots(results, args.out)
+    summary = {"partial": True, "median_test": {t: {m: round(r["test"]["median"], 3) for m, r in d["methods"].items()}
+                                                for t, d in results["tasks"].items()},
+               "seeds": {t: {m: len(r["runs"]) for m, r in d["methods"].items()} for t, d in results["tasks"].items()}}
     write_result(args, results, summary)
 
 
@@ -198,10 +237,25 @@ def _plots(results: dict[str, Any], out: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
     tasks = list(results["tasks"])
     methods = list(next(iter(results["tasks"].values()))["methods"]) if tasks else []
+    if tasks:
+        _task_plot(results, out, tasks, methods)
+    if "expo" in results:
+        fig, ax = plt.subplots(figsize=(4.5, 3.2))
+        names = list(results["expo"])
+        med = [results["expo"][n]["reward"]["median"] for n in names]
+        ax.bar(names, med, color=["#a5a5a5", "#4472c4", "#ed7d31"])
+        ax.set_ylabel(f"total reward over {results['config']['expo_horizon']} pulls (median)")
+        ax.set_title("LLM plays a 4-armed bandit", fontsize=9)
+        save_plot(fig, out, "prompt_opt_expo.png")
+
+
+def _task_plot(results: dict[str, Any], out: str, tasks: list[str], methods: list[str]) -> None:
+    import matplotlib.pyplot as plt
+    import numpy as np
+
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(tasks) * max(1, len(methods)) / 3), 3.6))
     w = 0.8 / (len(methods) + 1)
     x = np.arange(len(tasks))
@@ -219,14 +273,6 @@ def _plots(results: dict[str, Any], out: str) -> None:
     ax.legend(fontsize=7, ncol=4)
     ax.set_title(f"prompt optimisers, {results['config']['evals']} evaluations each", fontsize=9)
     save_plot(fig, out, "prompt_opt_test.png")
-    if "expo" in results:
-        fig, ax = plt.subplots(figsize=(4.5, 3.2))
-        names = list(results["expo"])
-        med = [results["expo"][n]["reward"]["median"] for n in names]
-        ax.bar(names, med, color=["#a5a5a5", "#4472c4", "#ed7d31"])
-        ax.set_ylabel(f"total reward over {results['config']['expo_horizon']} pulls (median)")
-        ax.set_title("LLM plays a 4-armed bandit", fontsize=9)
-        save_plot(fig, out, "prompt_opt_expo.png")
 
 
 if __name__ == "__main__":

@@ -2,8 +2,8 @@
 
 Each arm trains the embedded SmolLM2-135M-Instruct from the same weights with TRL's ``GRPOTrainer`` on the
 same prompts (reasoning-gym ``basic_arithmetic``, two one-digit terms, "+"/"-"), the same seeds and the
-same step budget; the reward is reasoning-gym's own ``score_answer`` of the completion (1 for the exact
-number, partial credit for near-misses). Arms:
+same step budget; the reward is reasoning-gym's own ``score_answer`` applied to the last number of the
+completion (1 for the exact number). Arms:
 
 * ``vanilla``: plain GRPO (TRL defaults: per-group std scaling);
 * ``redit``: the reward wrapped in :class:`lmopt.rl.ReDitReward` (Gaussian, m=0.05, constant);
@@ -22,6 +22,7 @@ documented in docs/benchmarks/rl_grpo.md and has not been run here.
 
 from __future__ import annotations
 
+import re
 import statistics
 import sys
 import tempfile
@@ -32,13 +33,14 @@ import torch
 
 from benchmarks._common import median_spread, parse_args, save_plot, write_result
 
-CPU = {"prompts_per_step": 2, "num_generations": 4, "max_completion_length": 12, "steps": 8,
+CPU = {"prompts_per_step": 2, "num_generations": 4, "max_completion_length": 16, "steps": 8,
        "eval_prompts": 16, "lr": 1e-5, "bf16": False}
 QUICK = {**CPU, "steps": 2, "eval_prompts": 0, "max_completion_length": 8}
 GPU = {"prompts_per_step": 16, "num_generations": 8, "max_completion_length": 64, "steps": 200,
        "eval_prompts": 200, "lr": 1e-6, "bf16": True}
 ARMS = {"vanilla": {}, "redit": {"redit_m": 0.05}, "redit_batch": {"redit_m": 0.05, "scale_rewards": "batch"}}
 SUFFIX = " Answer with the number only."
+_NUMBER = re.compile(r"-?\d+")
 
 
 def _load_policy(dtype: torch.dtype):
@@ -66,6 +68,12 @@ def _task(n_train: int, n_eval: int, seed: int):
     return gym, Dataset.from_list(rows[:n_train]), rows[n_train:n_train + n_eval]
 
 
+def score(gym, text: str, entry: dict) -> float:
+    """reasoning-gym's score of the last number in ``text`` (the model rarely answers with the bare number)."""
+    numbers = _NUMBER.findall(text)
+    return float(gym.score_answer(numbers[-1] if numbers else text.strip(), entry))
+
+
 def _greedy_accuracy(model, tok, gym, rows, max_new_tokens: int) -> float:
     if not rows:
         return float("nan")
@@ -80,7 +88,7 @@ def _greedy_accuracy(model, tok, gym, rows, max_new_tokens: int) -> float:
             out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False)
             for r, ids in zip(batch, out[:, enc["input_ids"].shape[1]:]):
                 text = tok.decode(ids, skip_special_tokens=True).strip()
-                scores.append(float(gym.score_answer(text, gym[r["gym_index"]])))
+                scores.append(score(gym, text, gym[r["gym_index"]]))
     return sum(scores) / len(scores)
 
 
@@ -95,7 +103,7 @@ def run_arm(arm: str, conf: dict[str, Any], seed: int, use_gpu: bool) -> dict[st
     raw: list[float] = []
 
     def arithmetic_correct(prompts, completions, gym_index, **kw):
-        out = [float(gym.score_answer(c[-1]["content"].strip(), gym[i])) for c, i in zip(completions, gym_index)]
+        out = [score(gym, c[-1]["content"], gym[i]) for c, i in zip(completions, gym_index)]
         raw.extend(out)
         return out
 

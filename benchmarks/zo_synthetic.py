@@ -37,6 +37,7 @@ LR_GRID = {
 }
 MU_GRID = [5e-3, 5e-2]
 TUNING_SEED = 10_000
+DIVERGED = 1e3  # a run whose gap exceeds 1000x its starting gap is stopped and counted as diverged
 
 
 def run_one(fname: str, method: str, d: int, lr: float, mu: float, seed: int, budget: int,
@@ -60,6 +61,9 @@ def run_one(fname: str, method: str, d: int, lr: float, mu: float, seed: int, bu
             queries.append(opt.total_queries)
             gaps.append(float(f(x)) - fstar)
             next_mark += every
+            if not gaps[-1] <= DIVERGED * gaps[0]:
+                diverged = True
+                break
     final = float(f(x)) - fstar if not diverged else math.inf
     if not math.isfinite(final):
         diverged = True
@@ -82,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)  # tiny vectors: threads only add contention on a shared CPU
     seeds = args.seeds or (2 if args.quick else 5)
     dims = [200] if args.quick else [1000, 10000]
-    budget = {200: 800, 1000: 4000, 10000: 2000}
+    budget = {200: 800, 1000: 3000, 10000: 1000}
     from rich.progress import Progress
 
     results: dict[str, Any] = {"dims": dims, "budget": {str(d): budget[d] for d in dims}, "seeds": seeds,
@@ -150,7 +154,8 @@ def _plot(results: dict[str, Any], out: str) -> None:
         for j, fname in enumerate(funcs):
             ax = axes[i][j]
             for method in results["methods"]:
-                runs = [r for r in results["runs"][f"{fname}/{d}/{method}"] if not r["diverged"]]
+                runs = [r for r in results["runs"][f"{fname}/{d}/{method}"]
+                        if not r["diverged"] and max(r["gaps"]) <= DIVERGED * r["gaps"][0]]
                 if not runs:
                     continue
                 n = min(len(r["gaps"]) for r in runs)
@@ -160,7 +165,7 @@ def _plot(results: dict[str, Any], out: str) -> None:
                 ax.plot(q, med, label=LABELS[method])
                 ax.fill_between(q, cols.min(0).values, cols.max(0).values, alpha=0.15)
             ax.set_yscale("log")
-            ax.set_title(f"{fname}, d={d}")
+            ax.set_title(f"{fname}, d={d}", fontsize=9)
             ax.set_xlabel("function queries")
             if j == 0:
                 ax.set_ylabel("optimality gap")

@@ -99,7 +99,7 @@ def test_closure_and_zero_grad():
         return loss
 
     loss = opt.step(closure)
-    assert float(loss) == pytest.approx(float((_matrix() ** 2).sum()))
+    assert float(loss.detach()) == pytest.approx(float((_matrix().detach() ** 2).sum()))
     opt.zero_grad()
     assert p.grad is None
 

@@ -156,5 +156,7 @@ def test_bad_inputs(toy_task, toy_lm):
         RandomSearch().run("toy", lm, budget=3)
     with pytest.raises(ValueError, match="features='hidden'"):
         INSTINCT(features="hidden", n_candidates=2, embedder="hash").run(toy_task, lm, budget=4, split=SPLIT)
+    with pytest.raises(ValueError, match="seed_prompt="):
+        RandomSearch().run(toy_task, lm, budget=3, split=SPLIT, seed_prompt=Prompt(""))
     with pytest.raises(ValueError, match="unknown split"):
         RandomSearch().run(toy_task, lm, budget=3, split={"n_dev": 3})

@@ -118,6 +118,12 @@ def test_schedule_values():
     with pytest.raises(ValueError, match="unknown ReDit schedule"):
         ReDitReward(lambda **k: [], schedule="linear")
 
+    async def async_reward(**k):
+        return []
+
+    with pytest.raises(TypeError, match="synchronous"):
+        ReDitReward(async_reward)
+
 
 def test_ensembles():
     r = torch.tensor([[1.0, 2.0, 0.0], [3.0, 2.0, 0.0], [2.0, 2.0, 3.0]])
@@ -217,3 +223,16 @@ def test_hypervolume_and_weightings():
     s = torch.tensor([2.0, 3.0]) / 5.0
     torch.testing.assert_close(new, torch.softmax(torch.log(torch.tensor([0.5, 0.5])) + s, 0))
     assert new[1] > new[0]
+
+
+def test_docstring_examples():
+    import doctest
+
+    import lmopt.rl.advantages
+    import lmopt.rl.ensemble
+    import lmopt.rl.redit
+    import lmopt.rl.weighting
+
+    for mod in (lmopt.rl.advantages, lmopt.rl.ensemble, lmopt.rl.redit, lmopt.rl.weighting):
+        result = doctest.testmod(mod)
+        assert result.attempted >= 1 and result.failed == 0, mod.__name__

@@ -213,3 +213,23 @@ def test_reward_model_function_in_ensemble(tokenizer):
     assert scores == pytest.approx(one_by_one, abs=1e-5)
     ens = EnsembleReward([rm, lambda prompts, completions, **k: [0.0, 0.0, 0.0]], mode="wco")
     assert ens(prompts=prompts, completions=completions) == pytest.approx([min(s, 0.0) for s in scores], abs=1e-6)
+
+
+def test_documented_trl_features_exist(tmp_path):
+    """docs/rl.md sends users to TRL for SimPO, f-DPO and GDPO normalisation: the configs must accept them."""
+    from trl import DPOConfig, GRPOConfig
+
+    try:
+        from trl.experimental.cpo import CPOConfig
+    except ImportError:  # TRL 0.x
+        from trl import CPOConfig
+    cpo = CPOConfig(output_dir=str(tmp_path), loss_type="simpo", cpo_alpha=0.0, simpo_gamma=0.5, beta=2.0, bf16=False,
+                    report_to="none")
+    assert cpo.loss_type == "simpo" and cpo.cpo_alpha == 0.0
+    dpo = DPOConfig(output_dir=str(tmp_path), f_divergence_type="alpha_divergence", f_alpha_divergence_coef=0.5,
+                    bf16=False,
+                    report_to="none")
+    assert str(getattr(dpo.f_divergence_type, "value", dpo.f_divergence_type)) == "alpha_divergence"
+    grpo = GRPOConfig(output_dir=str(tmp_path), multi_objective_aggregation="normalize_then_sum", report_to="none",
+                      bf16=False)
+    assert grpo.multi_objective_aggregation == "normalize_then_sum"

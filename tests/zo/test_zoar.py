@@ -14,7 +14,7 @@ def f(x):
     return float(0.5 * (A * x * x).sum())
 
 
-def _mse(est, steps=1500, warmup=10):
+def _mse(est, steps=800, warmup=10):
     errs = []
     for t in range(steps):
         e = est.estimate(lambda: f(X), [(0, X)], step=t)

@@ -21,6 +21,7 @@ Conventions shared by all optimizers here:
 
 from __future__ import annotations
 
+import functools
 import math
 import shutil
 import warnings
@@ -74,6 +75,7 @@ def check_state_dtype(dtype: Any) -> None:
         )
 
 
+@functools.cache
 def _compiler_available(device_type: str) -> str | None:
     """Return None when torch.compile can build kernels for ``device_type``, else the reason."""
     if not hasattr(torch, "compile"):

@@ -373,6 +373,9 @@ class Optimizer:
         if not splits.validation:
             raise ValueError("the validation split is empty; prompt optimisation needs n_val >= 1")
         seed_prompt = seed_prompt or Prompt(task.instruction)
+        if not isinstance(seed_prompt, Prompt) or not (seed_prompt.instruction.strip() or seed_prompt.exemplars):
+            raise ValueError(f"task {task.name!r} has no seed instruction; pass seed_prompt=Prompt('...') "
+                             "with a starting instruction")
         optimizer_lm = optimizer_lm or lm
         judge_lm = judge_lm or optimizer_lm
         run_meter = UsageMeter(pbudget.lm)

@@ -64,7 +64,7 @@ def grpo_advantages(
     ``rewards`` has shape (N,) or (N, K) for K reward functions (NaN = "not applicable", as in TRL).
     Returns a float tensor of shape (N,).
 
-    >>> grpo_advantages(torch.tensor([1.0, 0.0, 1.0, 1.0]), 2).round(decimals=3).tolist()
+    >>> [round(a, 3) for a in grpo_advantages(torch.tensor([1.0, 0.0, 1.0, 1.0]), 2).tolist()]
     [0.707, -0.707, 0.0, 0.0]
     """
     rpf = _check_rewards(rewards, num_generations)

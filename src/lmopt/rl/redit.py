@@ -26,6 +26,7 @@ update there; it only means the noise does not reorder samples whose rewards dif
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 from collections.abc import Callable
 from typing import Any
@@ -159,6 +160,8 @@ class ReDitReward:
                 "ReDitReward wraps a reward *function*; for a reward model, wrap it with "
                 "lmopt.rl.RewardModelFunction first"
             )
+        if inspect.iscoroutinefunction(reward_func) or inspect.iscoroutinefunction(type(reward_func).__call__):
+            raise TypeError("ReDitReward wraps synchronous reward functions; wrap an async one in a sync function")
         if distribution not in DISTRIBUTIONS:
             raise ValueError(f"distribution must be one of {DISTRIBUTIONS}, got {distribution!r}")
         if schedule not in ALL_SCHEDULES:

@@ -99,7 +99,8 @@ class MoPPSGRPOTrainer(_RewardCapture, GRPOTrainer):
     in [0, 1] (``success_threshold=None``) or the fraction ``>= success_threshold``.
 
     Extra args: ``mopps`` (a :class:`MoPPS`; default one over the dataset with ``mopps_lam``, seeded with
-    ``args.seed``), ``mopps_lam`` (decay, default 1.0), ``success_threshold``.
+    ``args.seed``), ``mopps_lam`` (decay, default 1.0), ``success_threshold``. The posterior is not part of
+    TRL's checkpoints: save ``trainer.mopps.state_dict()`` yourself to resume it.
     """
 
     def __init__(self, *args: Any, mopps: MoPPS | None = None, mopps_lam: float = 1.0,
@@ -115,6 +116,8 @@ class MoPPSGRPOTrainer(_RewardCapture, GRPOTrainer):
         else:
             args = (*args[:3], train, *args[4:])
         super().__init__(*args, **kwargs)
+        if self.args.remove_unused_columns:
+            raise ValueError(f"MoPPSGRPOTrainer needs the {INDEX_COLUMN!r} column: set remove_unused_columns=False")
         self.mopps = mopps if mopps is not None else MoPPS(len(train), lam=mopps_lam, seed=self.args.seed)
         if self.mopps.num_prompts != len(train):
             raise ValueError(f"mopps tracks {self.mopps.num_prompts} prompts but the dataset has {len(train)}")
@@ -148,7 +151,8 @@ class GradientWeightingGRPOTrainer(_RewardCapture, GRPOTrainer):
     loss with that reward function's own group advantages) is computed on the current micro-batch and the
     weights take the step ``w <- softmax(log w + lr * s / rho)`` of
     :func:`lmopt.rl.weighting.gradient_weight_update`. The new ``reward_weights`` apply from the next
-    generation. Costs one extra forward/backward per objective per update; single-process training only.
+    generation. The initial ``reward_weights`` (``GRPOConfig.reward_weights``, default all 1) are normalised to
+    sum to 1. Costs one extra forward/backward per objective per update; single-process training only.
     Logs ``weights/<reward name>``.
     """
 

@@ -49,6 +49,21 @@ def chunk_bounds(numel: int, chunk_size: int) -> Iterator[tuple[int, int, int]]:
         yield ci, start, min(start + chunk_size, numel)
 
 
+class Workspace:
+    """Reusable scratch buffers (at most one chunk each), so that a step allocates nothing per chunk."""
+
+    def __init__(self) -> None:
+        self._bufs: dict[tuple[str, torch.dtype, torch.device], torch.Tensor] = {}
+
+    def get(self, name: str, n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        key = (name, dtype, torch.device(device))
+        buf = self._bufs.get(key)
+        if buf is None or buf.numel() < n:
+            buf = torch.empty(n, dtype=dtype, device=device)
+            self._bufs[key] = buf
+        return buf[:n]
+
+
 class DirectionSampler:
     """Regenerates chunks of a random direction from ``(seed, tensor_index, chunk_index)``.
 
@@ -65,6 +80,7 @@ class DirectionSampler:
         self.kind = kind
         self.chunk_size = chunk_size
         self._generators: dict[torch.device, torch.Generator] = {}
+        self.workspace = Workspace()
 
     def _generator(self, device: torch.device) -> torch.Generator:
         gen = self._generators.get(device)
@@ -79,6 +95,14 @@ class DirectionSampler:
         gen = self._generator(torch.device(device))
         gen.manual_seed(mix_seed(seed, tensor_index, chunk_index))
         return torch.randn(n, generator=gen, device=device, dtype=dtype)
+
+    def chunk_into(self, seed: int, tensor_index: int, chunk_index: int, n: int, device: torch.device,
+                   name: str = "z") -> torch.Tensor:
+        """Like :meth:`chunk` but written into a reused fp32 workspace buffer (overwritten by the next call)."""
+        gen = self._generator(torch.device(device))
+        gen.manual_seed(mix_seed(seed, tensor_index, chunk_index))
+        out = self.workspace.get(name, n, torch.float32, device)
+        return torch.randn(n, generator=gen, out=out)
 
     def chunks(self, seed: int, tensor_index: int, numel: int, device: torch.device,
                dtype: torch.dtype = torch.float32) -> Iterator[tuple[int, int, torch.Tensor]]:

@@ -291,18 +291,21 @@ class ZOEstimator:
     # ------------------------------------------------------------------ materialising g
     def materialize_chunk(self, est: Estimate, tensor_index: int, chunk_index: int, n: int,
                           device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """``g`` restricted to one chunk of one tensor: ``sum_i coef_i * z_i`` (computed in ``dtype``)."""
-        g: torch.Tensor | None = None
-        for s, c in zip(est.seeds, est.coefs):
-            z = self.sampler.chunk(s, tensor_index, chunk_index, n, device)
+        """``g`` restricted to one chunk of one tensor: ``sum_i coef_i * z_i`` (computed in ``dtype``).
+
+        The result lives in a reused workspace buffer: it is valid until the next call.
+        """
+        g = self.sampler.workspace.get("g", n, dtype, device)
+        if not est.seeds:
+            return g.zero_()
+        for i, (s, c) in enumerate(zip(est.seeds, est.coefs)):
+            z = self.sampler.chunk_into(s, tensor_index, chunk_index, n, device)
             if z.dtype != dtype:
                 z = z.to(dtype)
-            if g is None:
-                g = c * z
+            if i == 0:
+                torch.mul(z, c, out=g)
             else:
                 g.add_(z, alpha=c)
-        if g is None:
-            g = torch.zeros(n, device=device, dtype=dtype)
         return g
 
     def materialize(self, est: Estimate, tensors: Sequence[tuple[int, torch.Tensor]]) -> list[torch.Tensor]:
@@ -311,7 +314,7 @@ class ZOEstimator:
 
         out = []
         for ti, p in tensors:
-            parts = [self.materialize_chunk(est, ti, ci, e - s, p.device, compute_dtype(p.dtype))
+            parts = [self.materialize_chunk(est, ti, ci, e - s, p.device, compute_dtype(p.dtype)).clone()
                      for ci, s, e in chunk_bounds(p.numel(), self.sampler.chunk_size)]
             out.append(torch.cat(parts).view_as(p) if parts else torch.zeros_like(p, dtype=torch.float32))
         return out

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .directions import DirectionSampler
+from .directions import DirectionSampler, chunk_bounds
 
 PERTURB_MODES = ("exact", "mezo")
 
@@ -61,32 +61,48 @@ class RestoreLog:
                    for _, _, idx, v in self.entries)
 
 
-def _delta(z: torch.Tensor, scale: float, dtype: torch.dtype) -> torch.Tensor:
-    cdt = compute_dtype(dtype)
-    z = z if z.dtype == cdt else z.to(cdt)
-    return z * scale
+def _delta_into(sampler: DirectionSampler, seed: int, ti: int, ci: int, n: int, scale: float,
+                cdt: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``scale * z`` of one chunk in the compute dtype, in a reused buffer."""
+    z = sampler.chunk_into(seed, ti, ci, n, device)
+    if cdt != torch.float32:
+        z = z.to(cdt)
+    return z.mul_(scale)
 
 
 def perturb_(tensors: Sequence[tuple[int, torch.Tensor]], seed: int, scale: float, sampler: DirectionSampler,
              exact: bool = True) -> RestoreLog | None:
     """``theta += scale * z(seed)`` in place for every ``(tensor_index, tensor)``.
 
-    With ``exact`` it returns the :class:`RestoreLog` needed by :func:`restore_`.
+    With ``exact`` it returns the :class:`RestoreLog` needed by :func:`restore_`. Scratch memory: a few
+    chunk-sized buffers, reused across chunks and steps.
     """
     log = RestoreLog() if exact else None
+    ws = sampler.workspace
     for ti, p in tensors:
         flat = flat_view(p)
         cdt = compute_dtype(flat.dtype)
-        for start, end, z in sampler.chunks(seed, ti, flat.numel(), flat.device):
+        low = flat.dtype != cdt
+        dev = flat.device
+        for ci, start, end in chunk_bounds(flat.numel(), sampler.chunk_size):
+            n = end - start
             seg = flat[start:end]
-            delta = _delta(z, scale, flat.dtype)
-            orig = seg if seg.dtype == cdt else seg.to(cdt)
-            new = (orig + delta).to(flat.dtype)
+            delta = _delta_into(sampler, seed, ti, ci, n, scale, cdt, dev)
+            if low:
+                orig = ws.get("orig", n, cdt, dev).copy_(seg)
+                new = ws.get("new_lp", n, flat.dtype, dev).copy_(torch.add(orig, delta, out=orig))
+            else:
+                new = torch.add(seg, delta, out=ws.get("new", n, cdt, dev))
             if log is not None:
-                back = (new.to(cdt) - delta).to(flat.dtype)
-                bad = (back != seg).nonzero().view(-1)
+                if low:
+                    back_c = ws.get("back", n, cdt, dev).copy_(new).sub_(delta)
+                    back = ws.get("back_lp", n, flat.dtype, dev).copy_(back_c)
+                else:
+                    back = torch.sub(new, delta, out=ws.get("back", n, cdt, dev))
+                mask = torch.ne(back, seg, out=ws.get("mask", n, torch.bool, dev))
+                bad = mask.nonzero().view(-1)
                 if bad.numel():
-                    idx = bad.to(torch.int32) if end - start < 2**31 else bad
+                    idx = bad.to(torch.int32) if n < 2**31 else bad
                     log.entries.append((ti, start, idx, seg[bad].clone()))
             seg.copy_(new)
     return log
@@ -95,14 +111,20 @@ def perturb_(tensors: Sequence[tuple[int, torch.Tensor]], seed: int, scale: floa
 def restore_(tensors: Sequence[tuple[int, torch.Tensor]], seed: int, scale: float, sampler: DirectionSampler,
              log: RestoreLog | None) -> None:
     """Undo :func:`perturb_` (bit-exact when ``log`` comes from an ``exact`` perturbation)."""
+    ws = sampler.workspace
     for ti, p in tensors:
         flat = flat_view(p)
         cdt = compute_dtype(flat.dtype)
-        for start, end, z in sampler.chunks(seed, ti, flat.numel(), flat.device):
+        dev = flat.device
+        for ci, start, end in chunk_bounds(flat.numel(), sampler.chunk_size):
+            n = end - start
             seg = flat[start:end]
-            delta = _delta(z, scale, flat.dtype)
-            cur = seg if seg.dtype == cdt else seg.to(cdt)
-            seg.copy_((cur - delta).to(flat.dtype))
+            delta = _delta_into(sampler, seed, ti, ci, n, scale, cdt, dev)
+            if flat.dtype == cdt:
+                seg.sub_(delta)
+            else:
+                cur = ws.get("orig", n, cdt, dev).copy_(seg)
+                seg.copy_(cur.sub_(delta))
     if log is not None:
         by_index = dict(tensors)
         for ti, start, idx, values in log.entries:

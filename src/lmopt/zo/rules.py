@@ -2,8 +2,8 @@
 
 Each rule takes a parameter chunk ``x`` (in the compute dtype: fp32, or fp64 for fp64 parameters), the
 materialised estimate ``g`` of that chunk, the matching chunks of its state tensors and the group's
-hyperparameters, and updates ``x`` and the state in place. The optimizers in :mod:`lmopt.zo.optimizers`
-call them chunk by chunk, so a rule never sees more than one chunk of ``g``.
+hyperparameters, and updates ``x`` and the state in place (``g`` may be used as scratch space). The optimizers in
+:mod:`lmopt.zo.optimizers` call them chunk by chunk, so a rule never sees more than one chunk of ``g``.
 """
 
 from __future__ import annotations
@@ -15,9 +15,13 @@ def zo_sgd_(x: torch.Tensor, g: torch.Tensor, *, lr: float, weight_decay: float)
     """ZO-SGD / MeZO (arXiv 2305.17333, Alg. 1 line "theta <- theta - eta * (g * z + lambda * theta)").
 
     Written as MeZO writes it (weight decay coupled, inside the bracket) so that one direction, two-sided,
-    no reuse reproduces MeZO's update bit for bit.
+    no reuse reproduces MeZO's update bit for bit. Computed in place in ``g`` (a scratch buffer: it is
+    overwritten), with the same roundings as ``x - lr * (g + weight_decay * x)``.
     """
-    x.copy_(x - lr * (g + weight_decay * x))
+    if weight_decay:
+        g.add_(torch.mul(x, weight_decay))
+    g.mul_(lr)
+    x.sub_(g)
 
 
 def zo_sgd_momentum_(x: torch.Tensor, g: torch.Tensor, buf: torch.Tensor, *, lr: float, momentum: float,
