@@ -44,17 +44,10 @@ _NUMBER = re.compile(r"-?\d+")
 
 
 def _load_policy(dtype: torch.dtype):
-    """The embedded SmolLM2 as a trainable fp32/bf16 model (drops a leftover GGUF quantization_config)."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    """The embedded SmolLM2 as a trainable fp32/bf16 model with its tokenizer."""
+    from lmopt.assets import load_causal_lm
 
-    from lmopt.assets import smollm2_dir
-
-    path = str(smollm2_dir())
-    cfg = AutoConfig.from_pretrained(path)
-    if getattr(cfg, "quantization_config", None) is not None:
-        del cfg.quantization_config
-    return (AutoModelForCausalLM.from_pretrained(path, config=cfg, dtype=dtype),
-            AutoTokenizer.from_pretrained(path))
+    return load_causal_lm(dtype)
 
 
 def _task(n_train: int, n_eval: int, seed: int):

@@ -54,7 +54,7 @@ _ASSETS: dict[str, _Asset] = {
 }
 
 SMOLLM2_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
-_CONVERTED_VERSION = "1"
+_CONVERTED_VERSION = "2"
 
 
 def _install_hint(asset: _Asset) -> str:
@@ -116,7 +116,12 @@ def smollm2_dir() -> Path:
                                                               dtype=torch.float32)
     tok = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     # save_pretrained refuses a GGUF-loaded model; rebuild a plain one with the same weights.
-    fresh = transformers.AutoModelForCausalLM.from_config(model.config, dtype=torch.float32)
+    config = model.config
+    # The weights are dequantised fp32 now: a leftover GGUF quantization_config would make Trainer/TRL
+    # refuse to fine-tune the saved model as "purely quantized".
+    if getattr(config, "quantization_config", None) is not None:
+        del config.quantization_config
+    fresh = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     missing, unexpected = fresh.load_state_dict(model.state_dict(), strict=False)
     if unexpected or [k for k in missing if "lm_head" not in k]:
         raise RuntimeError(f"SmolLM2 conversion failed: missing {missing}, unexpected {unexpected}")

@@ -156,17 +156,6 @@ def test_dynamic_weighting_trainer_and_callback(tmp_path, tokenizer, gym_dataset
                                      args=grpo_args(tmp_path), train_dataset=ds, processing_class=tokenizer)
 
 
-def trainable_smollm2(path):
-    """Load the converted SmolLM2 in fp32, dropping a leftover GGUF ``quantization_config`` from its config
-    (it makes transformers treat the dequantised fp32 weights as a quantised, untrainable model)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    cfg = AutoConfig.from_pretrained(str(path))
-    if getattr(cfg, "quantization_config", None) is not None:
-        del cfg.quantization_config
-    return AutoModelForCausalLM.from_pretrained(str(path), config=cfg, dtype=torch.float32)
-
-
 @pytest.mark.realmodel
 def test_real_smollm2_grpo_smoke_with_redit(tmp_path, tokenizer):
     """Two GRPO steps of the embedded SmolLM2-135M-Instruct on a reasoning-gym task, with ReDit rewards."""
@@ -184,7 +173,7 @@ def test_real_smollm2_grpo_smoke_with_redit(tmp_path, tokenizer):
         return [float(gym.score_answer(c[-1]["content"].strip(), gym[i])) for c, i in zip(completions, idx)]
 
     reward = ReDitReward(correct, m=0.02, seed=0)
-    tr = GRPOTrainer(model=trainable_smollm2(smollm2_dir()), reward_funcs=[reward],
+    tr = GRPOTrainer(model=str(smollm2_dir()), reward_funcs=[reward],
                      args=grpo_args(tmp_path, per_device_train_batch_size=4, num_generations=4,
                                     max_completion_length=8), train_dataset=ds, processing_class=tokenizer)
     before = next(tr.model.parameters()).detach().clone()
