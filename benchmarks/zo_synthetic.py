@@ -162,14 +162,16 @@ def _plot(results: dict[str, Any], out: str) -> None:
                 q = runs[0]["queries"][:n]
                 cols = torch.tensor([r["gaps"][:n] for r in runs], dtype=torch.float64).clamp_min(1e-12)
                 med = cols.median(0).values
-                ax.plot(q, med, label=LABELS[method])
-                ax.fill_between(q, cols.min(0).values, cols.max(0).values, alpha=0.15)
+                color = f"C{METHODS.index(method)}"
+                ax.plot(q, med, label=LABELS[method], color=color)
+                ax.fill_between(q, cols.min(0).values, cols.max(0).values, alpha=0.15, color=color)
             ax.set_yscale("log")
             ax.set_title(f"{fname}, d={d}", fontsize=9)
             ax.set_xlabel("function queries")
             if j == 0:
                 ax.set_ylabel("optimality gap")
-    axes[0][0].legend(fontsize=7)
+    handles = [plt.Line2D([], [], color=f"C{i}", label=LABELS[m]) for i, m in enumerate(results["methods"])]
+    axes[0][0].legend(handles=handles, fontsize=7)
     fig.tight_layout()
     save_plot(fig, out, "zo_synthetic.png")
 

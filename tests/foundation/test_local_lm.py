@@ -73,6 +73,10 @@ def test_hidden_states_shape_and_errors(local):
 def test_unknown_model_offline_gives_a_clear_error(monkeypatch, tmp_path):
     from lmopt.lm import LocalLM
 
+    import huggingface_hub.constants
+
+    # the hub reads HF_HUB_OFFLINE at import time; patch the constant so no network retries happen
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path))
     with pytest.raises(OSError, match="could not load model 'no-such-org/no-such-model'"):
