@@ -27,11 +27,11 @@ demo: setup
 	$(VENV)/bin/lmopt demo
 
 test: setup
-	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m ruff check src tests benchmarks tools
 	$(PY) -m pytest -q
 
 lint: setup
-	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m ruff check src tests benchmarks tools
 
 bench-quick: setup
 	@for b in benchmarks/[a-z]*.py; do n=$$(basename $$b .py); \

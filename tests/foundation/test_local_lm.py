@@ -71,9 +71,9 @@ def test_hidden_states_shape_and_errors(local):
 
 
 def test_unknown_model_offline_gives_a_clear_error(monkeypatch, tmp_path):
-    from lmopt.lm import LocalLM
-
     import huggingface_hub.constants
+
+    from lmopt.lm import LocalLM
 
     # the hub reads HF_HUB_OFFLINE at import time; patch the constant so no network retries happen
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
