@@ -26,7 +26,7 @@ def main(argv=None) -> None:
     from lmopt.lm.cache import CallCache
     from lmopt.prompt import Prompt, evaluate_prompt
 
-    n = 16 if args.quick else 64
+    n = 8 if args.quick else 64
     seeds = args.seeds or (1 if args.quick else args.default_seeds)
     task = load_task("tweets", per_class=200, seed=0)
     backend = LocalLM(batch_size=8)
