@@ -22,3 +22,11 @@ __all__ = [
     "ZOClosureError", "ZOEstimator", "ZOOptimizer", "ZOSGD", "ZOSGDMomentum", "ZOSignSGD", "ZoAR",
     "make_closure", "mix_seed", "named_zo_parameters", "param_groups", "perturb_", "restore_", "zo_train",
 ]
+
+
+def __getattr__(name: str):
+    if name == "ZOTrainer":  # built on first use: importing transformers is deferred until needed
+        from .train import ZOTrainer
+
+        return ZOTrainer
+    raise AttributeError(f"module 'lmopt.zo' has no attribute {name!r}")
