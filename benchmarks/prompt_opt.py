@@ -239,7 +239,7 @@ def _plots(results: dict[str, Any], out: str) -> None:
     import matplotlib.pyplot as plt
 
     tasks = list(results["tasks"])
-    methods = list(next(iter(results["tasks"].values()))["methods"]) if tasks else []
+    methods = list(dict.fromkeys(m for d in results["tasks"].values() for m in d["methods"]))
     if tasks:
         _task_plot(results, out, tasks, methods)
     if "expo" in results:
@@ -259,11 +259,12 @@ def _task_plot(results: dict[str, Any], out: str, tasks: list[str], methods: lis
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(tasks) * max(1, len(methods)) / 3), 3.6))
     w = 0.8 / (len(methods) + 1)
     x = np.arange(len(tasks))
-    seed_med = [np.median([r["seed_test"] for r in results["tasks"][t]["methods"][methods[0]]["runs"]])
+    seed_med = [np.median([r["seed_test"] for r in next(iter(results["tasks"][t]["methods"].values()))["runs"]])
                 for t in tasks]
     ax.bar(x, seed_med, w, color="#a5a5a5", label="seed prompt")
-    for j, m in enumerate(methods):
-        d = [results["tasks"][t]["methods"][m]["test"] for t in tasks]
+    nan = {"median": float("nan"), "min": float("nan"), "max": float("nan")}
+    for j, m in enumerate(methods):  # a method missing on a task (interrupted run) is left blank
+        d = [results["tasks"][t]["methods"].get(m, {}).get("test", nan) for t in tasks]
         med = [v["median"] for v in d]
         err = [[v["median"] - v["min"] for v in d], [v["max"] - v["median"] for v in d]]
         ax.bar(x + (j + 1) * w, med, w, yerr=err, capsize=2, label=m)
