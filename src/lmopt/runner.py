@@ -159,10 +159,14 @@ def _report(cfg: dict[str, Any], results: dict[str, Any], plots: list[str]) -> s
     return "\n".join(lines) + "\n"
 
 
-DEMO_RECIPES = ("demo.yaml",)
+DEMO_RECIPES = ("demo.yaml", "demo_prompt.yaml")
 
 
 def demo_recipes() -> list[Path]:
     """The packaged recipes that ``lmopt demo`` runs, in order."""
     root = Path(__file__).parent / "recipes"
-    return [root / name for name in DEMO_RECIPES if (root / name).exists()]
+    paths = [root / name for name in DEMO_RECIPES]
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise RecipeError(f"the installed lmopt package lacks its demo recipes {missing}; reinstall lmopt")
+    return paths

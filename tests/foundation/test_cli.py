@@ -92,10 +92,10 @@ def test_cli_run_and_error_exit_codes(tmp_path, scripted):
     assert bad.exit_code == 2 and "does not exist" in bad.output
 
 
-def test_packaged_demo_recipe_is_valid():
+def test_packaged_demo_recipes_are_valid():
+    from lmopt.prompt.recipe import validate_prompt_recipe
     from lmopt.recipe import validate_evaluate
 
-    paths = runner.demo_recipes()
-    assert paths, "the demo recipe is missing from the package"
-    cfg = load_recipe(paths[0])
-    assert validate_evaluate(cfg).task.name == "tweets"
+    evaluate, prompt = (load_recipe(p) for p in runner.demo_recipes())
+    assert validate_evaluate(evaluate).task.name == "tweets"
+    assert validate_prompt_recipe(prompt).method.name == "ease"
