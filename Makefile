@@ -33,7 +33,7 @@ test: setup
 lint: setup
 	$(PY) -m ruff check src tests benchmarks tools
 
-bench-quick: setup
+bench-quick: setup  ## every benchmark with --quick (CI runs this after the tests)
 	@for b in benchmarks/[a-z]*.py; do n=$$(basename $$b .py); \
 	  echo "== $$n"; $(PY) -m benchmarks.$$n --quick --out runs/bench-quick || exit 1; done
 
