@@ -111,7 +111,7 @@ def smollm2_dir() -> Path:
     gguf = asset_path("smollm2")
     transformers = require("transformers", "hf")
     require("gguf", "hf")
-    torch = require("torch", "core")
+    import torch
     model = transformers.AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
                                                               dtype=torch.float32)
     tok = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
@@ -145,7 +145,7 @@ def smollm2_dir() -> Path:
 def load_causal_lm(dtype: Any = None) -> tuple[Any, Any]:
     """``(model, tokenizer)`` of the embedded SmolLM2-135M-Instruct in eval mode (fp32 by default)."""
     transformers = require("transformers", "hf")
-    torch = require("torch", "core")
+    import torch
     path = smollm2_dir()
     model = transformers.AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype or torch.float32)
     tok = transformers.AutoTokenizer.from_pretrained(str(path))

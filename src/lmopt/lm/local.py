@@ -39,7 +39,7 @@ class LocalLM(Backend):
     def __init__(self, model: str | Path | None = None, *, device: str = "cpu", dtype: Any = None,
                  batch_size: int = 8, model_obj: Any = None, tokenizer: Any = None,
                  trust_remote_code: bool = False) -> None:
-        torch = require("torch", "core")
+        import torch
         transformers = require("transformers", "hf")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
@@ -92,7 +92,7 @@ class LocalLM(Backend):
         return self.tokenizer(text, add_special_tokens=False).input_ids
 
     def _left_pad(self, rows: list[list[int]]) -> tuple[Any, Any]:
-        torch = require("torch", "core")
+        import torch
         width = max(len(r) for r in rows)
         pad = self.tokenizer.pad_token_id
         ids = torch.full((len(rows), width), pad, dtype=torch.long)
@@ -124,7 +124,7 @@ class LocalLM(Backend):
         return self.generate(texts, config)
 
     def _decode_batch(self, rows: list[tuple[str, list[int], int]], config: GenerationConfig) -> list[Completion]:
-        torch = require("torch", "core")
+        import torch
         ids, mask = self._left_pad([r[1] for r in rows])
         b = len(rows)
         gens = None
@@ -179,7 +179,7 @@ class LocalLM(Backend):
 
     @staticmethod
     def _pick(logits: Any, config: GenerationConfig, gens: list[Any] | None) -> Any:
-        torch = require("torch", "core")
+        import torch
         if config.greedy:
             return logits.argmax(-1)
         probs = torch.softmax(logits / config.temperature, dim=-1)
@@ -199,7 +199,7 @@ class LocalLM(Backend):
         Single-token continuations of the same prompt (class labels, typically) share one forward pass of
         the prompt: their log-probs are read from its last position.
         """
-        torch = require("torch", "core")
+        import torch
         pairs = []
         for p, c in zip(prompts, continuations):
             pi, ci = self._encode(p), self._encode(c)
@@ -240,7 +240,7 @@ class LocalLM(Backend):
 
     def _last_logprobs(self, seqs: list[list[int]]) -> Any:
         """Yield (row indices, log-softmax at the last position) for batches of token sequences."""
-        torch = require("torch", "core")
+        import torch
         order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
         for start in range(0, len(order), self.batch_size):
             idx = order[start: start + self.batch_size]
@@ -254,7 +254,7 @@ class LocalLM(Backend):
 
         Returns a float32 CPU tensor of shape (len(texts), hidden_size).
         """
-        torch = require("torch", "core")
+        import torch
         if pool not in ("last", "mean"):
             raise ValueError(f"pool must be 'last' or 'mean', got {pool!r}")
         enc = [self._encode(t) for t in texts]
