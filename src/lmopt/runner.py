@@ -57,7 +57,7 @@ def run_recipe(recipe: str | Path | dict[str, Any], out_dir: str | Path = "runs"
     plots = [str(p.name) for p in getattr(mod, plot_name)(results, run_dir)] if plot_name else []
     results["plots"] = plots
     write_json_atomic(run_dir / "results.json", results)
-    if not (run_dir / "report.md").exists() or kind == "evaluate":
+    if kind == "evaluate":  # other kinds write their own report.md
         write_text_atomic(run_dir / "report.md", _report(cfg, results, plots))
     console.print(f"[green]done[/] in {time.perf_counter() - t0:.1f}s: {run_dir / 'report.md'}")
     return run_dir

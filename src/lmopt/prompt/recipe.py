@@ -19,13 +19,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 
-from ..recipe import ModelSpec, RecipeError, TaskSpec, _pretty
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+from ..recipe import ModelSpec, RecipeError, TaskSpec, _pretty, _Strict
 
 
 class MethodSpec(_Strict):
