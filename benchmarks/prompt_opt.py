@@ -15,6 +15,7 @@ Scaled down for 2 shared CPU cores (the papers use 165 evaluations, 40 initial, 
 
 from __future__ import annotations
 
+import statistics
 import sys
 import tempfile
 import time
@@ -23,13 +24,20 @@ from typing import Any
 
 from benchmarks._common import median_spread, parse_args, save_plot, write_result
 
-DEFAULTS = {"evals": 4, "n_train": 30, "n_val": 6, "n_test": 10, "seeds": 3, "n_initial": 1, "train_steps": 200,
-            "tasks": ["tweets", "arithmetic", "letter_counting", "gsm8k"],
-            "methods": ["random", "ease", "opro", "instinct", "spo", "ape"], "max_new_tokens": 24,
-            "gsm8k_max_new_tokens": 64, "expo_horizon": 10, "throughput_n": 24, "embedder": "minilm"}
-QUICK = {**DEFAULTS, "evals": 3, "n_train": 12, "n_val": 4, "n_test": 6, "seeds": 1, "tasks": ["tweets"],
-         "methods": ["random", "ease"], "train_steps": 50, "expo_horizon": 0, "throughput_n": 8,
-         "embedder": "hash"}
+# Each task: loader name + kwargs, split sizes (train, validation, test) and, for generation, new tokens.
+TASKS: dict[str, dict[str, Any]] = {
+    "tweets": {"load": ("tweets", {"per_class": 40, "seed": 0}), "split": (20, 20, 60)},
+    "syllogism": {"load": ("rg:syllogism", {"size": 400, "seed": 0, "labels": "auto", "per_class": 50}),
+                  "split": (20, 20, 60)},
+    "ransom_note": {"load": ("rg:ransom_note", {"size": 300, "seed": 0, "labels": "auto", "per_class": 50}),
+                    "split": (20, 20, 60)},
+    "gsm8k": {"load": ("gsm8k", {"limit": 200}), "split": (20, 6, 12), "max_new_tokens": 64},
+}
+DEFAULTS = {"evals": 10, "seeds": 3, "n_initial": 3, "train_steps": 200,
+            "tasks": list(TASKS), "methods": ["random", "ape", "opro", "ease", "instinct", "spo"],
+            "expo_horizon": 10, "throughput_n": 24, "embedder": "minilm", "split_override": None}
+QUICK = {**DEFAULTS, "evals": 3, "seeds": 1, "tasks": ["tweets"], "methods": ["random", "ease"], "n_initial": 1,
+         "train_steps": 50, "expo_horizon": 0, "throughput_n": 8, "embedder": "hash", "split_override": (12, 4, 6)}
 
 
 def _log(msg: str) -> None:
@@ -37,17 +45,17 @@ def _log(msg: str) -> None:
 
 
 def _task(name: str, cfg: dict[str, Any]):
+    """The task and its split sizes (``--quick`` shrinks the splits)."""
     from lmopt.data import load_task
 
-    if name == "tweets":
-        t = load_task("tweets", per_class=60, seed=0)
-    elif name == "gsm8k":
-        t = load_task("gsm8k", limit=200)
-        t.max_new_tokens = cfg["gsm8k_max_new_tokens"]
-    else:
-        t = load_task(name, size=200, seed=0)
-        t.max_new_tokens = cfg["max_new_tokens"]
-    return t
+    if name not in TASKS:
+        raise SystemExit(f"unknown benchmark task {name!r}; choose from {sorted(TASKS)}")
+    spec = TASKS[name]
+    loader, kwargs = spec["load"]
+    t = load_task(loader, **kwargs)
+    if "max_new_tokens" in spec:
+        t.max_new_tokens = spec["max_new_tokens"]
+    return t, tuple(cfg["split_override"] or spec["split"])
 
 
 def _method(name: str, cfg: dict[str, Any]):
@@ -69,7 +77,7 @@ def throughput(local: Any, cfg: dict[str, Any]) -> dict[str, Any]:
     from lmopt.lm import LM, GenerationConfig
     from lmopt.prompt import Prompt, evaluate_prompt
 
-    task = _task("tweets", cfg)
+    task, _ = _task("tweets", cfg)
     ex = task.split(1, n_train=0, n_val=0, n_test=cfg["throughput_n"]).test
     p = Prompt(task.instruction)
     t0 = time.perf_counter()
@@ -116,8 +124,8 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--methods", default=None, help="comma-separated method names")
         p.add_argument("--no-expo", action="store_true", help="skip the EXPO bandit part")
         p.add_argument("--expo-only", action="store_true", help="only the EXPO bandit part")
-        p.add_argument("--from-partial", nargs="+", default=None, metavar="PARTIAL_JSON",
-                       help="no new runs: summarise prompt_opt.partial.json files of interrupted runs")
+        p.add_argument("--combine", nargs="+", default=None, metavar="JSON",
+                       help="no new runs: one report from prompt_opt.json / prompt_opt.partial.json files")
 
     args = parse_args("prompt_opt", __doc__.splitlines()[0], default_seeds=3, argv=argv, extra=extra)
     cfg = dict(QUICK if args.quick else DEFAULTS)
@@ -131,8 +139,8 @@ def main(argv: list[str] | None = None) -> None:
         cfg["tasks"] = []
         cfg["expo_horizon"] = cfg["expo_horizon"] or DEFAULTS["expo_horizon"]
     seeds = args.seeds or cfg["seeds"]
-    if args.from_partial:
-        return _from_partial(args, args.from_partial)
+    if args.combine:
+        return _combine(args, args.combine)
     from lmopt.lm import LM, CallCache, LocalLM
 
     t_all = time.perf_counter()
@@ -142,9 +150,11 @@ def main(argv: list[str] | None = None) -> None:
     cache = CallCache(Path(tmp) / "calls.sqlite")
     results: dict[str, Any] = {"config": {**cfg, "seeds": seeds}, "tasks": {}}
     for tname in cfg["tasks"]:
-        task = _task(tname, cfg)
-        splits = task.split(0, n_train=cfg["n_train"], n_val=cfg["n_val"], n_test=cfg["n_test"])
+        task, (n_train, n_val, n_test) = _task(tname, cfg)
+        splits = task.split(0, n_train=n_train, n_val=n_val, n_test=n_test)
         chat = not task.is_classification
+        meta = {"n": [len(splits.train), len(splits.validation), len(splits.test)],
+                "mode": "score" if task.is_classification else "generate (chat)"}
         rows: dict[str, Any] = {}
         for m in cfg["methods"]:
             runs = []
@@ -161,11 +171,10 @@ def main(argv: list[str] | None = None) -> None:
                              "best_prompt": res.best_prompt.to_dict()})
                 _log(f"{tname} {m} seed {s}: val {res.val_score:.3f} test {res.test_score} (seed prompt "
                      f"{res.seed_test_score}) calls {runs[-1]['calls']} {runs[-1]['wall_s']:.0f}s")
-                _write_partial(args.out, results, tname, m, runs)
+                _write_partial(args.out, results, tname, meta, m, runs)
             rows[m] = _row(runs)
         _vs_random(rows)
-        results["tasks"][tname] = {"n": [len(splits.train), len(splits.validation), len(splits.test)],
-                                   "mode": "score" if task.is_classification else "generate (chat)", "methods": rows}
+        results["tasks"][tname] = {**meta, "methods": rows}
     if not args.expo_only:
         _log("evaluator throughput ...")
         results["throughput"] = throughput(local, cfg)
@@ -173,9 +182,10 @@ def main(argv: list[str] | None = None) -> None:
         _log("EXPO on the LLM bandit ...")
         results["expo"] = expo_bench(local, cfg, seeds)
     results["wall_time_s"] = time.perf_counter() - t_all
-    results["note"] = ("2 shared CPU cores under heavy load from other jobs: wall times are noisy; compare ratios "
-                       "within this run only. Budgets scaled down from the papers (165 evaluations, 40 initial).")
+    results["note"] = ("Wall times depend on the machine and its load: compare ratios within one run only. "
+                       "Budgets scaled down from the papers (165 evaluations, 40 initial).")
     _plots(results, args.out)
+    (Path(args.out) / "prompt_opt.md").write_text(_markdown(results))
     beats = {t: [m for m, r in d["methods"].items() if m != "random" and r.get("test_minus_random", 0) > 0]
              for t, d in results["tasks"].items()}
     summary = {"tasks": list(results["tasks"]), "methods": cfg["methods"], "seeds": seeds, "evals": cfg["evals"],
@@ -194,41 +204,89 @@ def _row(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _vs_random(rows: dict[str, Any]) -> None:
+    """Median gap to random search, wins/ties/losses against it on the same seed, and the wall-time ratio."""
     base = rows.get("random")
+    if not base:
+        return
+    base_test = {r["seed"]: r["test"] for r in base["runs"]}
     for row in rows.values():
-        if base:
-            row["test_minus_random"] = row["test"]["median"] - base["test"]["median"]
-            row["wall_ratio_vs_random"] = row["wall_s"]["median"] / max(1e-9, base["wall_s"]["median"])
+        row["test_minus_random"] = row["test"]["median"] - base["test"]["median"]
+        row["wall_ratio_vs_random"] = row["wall_s"]["median"] / max(1e-9, base["wall_s"]["median"])
+        diffs = [r["test"] - base_test[r["seed"]] for r in row["runs"] if r["seed"] in base_test]
+        row["vs_random_same_seed"] = {"wins": sum(d > 1e-9 for d in diffs), "ties": sum(abs(d) <= 1e-9 for d in diffs),
+                                      "losses": sum(d < -1e-9 for d in diffs)}
 
 
-def _from_partial(args: Any, paths: list[str]) -> None:
-    """Summaries, plots and NAME.json from the per-run records of interrupted runs (nothing re-run)."""
+def _markdown(results: dict[str, Any]) -> str:
+    """Result tables for docs/benchmarks (one per task) and each method's best prompt on seed 0."""
+    lines = []
+    for task, d in results["tasks"].items():
+        n = d.get("n")
+        lines += [f"### {task}" + (f" (train/val/test = {n[0]}/{n[1]}/{n[2]}, {d['mode']})" if n else ""), "",
+                  "| method | seeds | test median [min, max] | seed-prompt test | test − random | W/T/L vs random "
+                  "| val median | fresh LM calls | tokens | wall s | wall / random |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for m, r in d["methods"].items():
+            t, wtl = r["test"], r.get("vs_random_same_seed")
+            seed_test = statistics.median(x["seed_test"] for x in r["runs"])
+            lines.append(
+                f"| {m} | {t['n']} | {t['median']:.3f} [{t['min']:.3f}, {t['max']:.3f}] | {seed_test:.3f} | "
+                f"{r.get('test_minus_random', float('nan')):+.3f} | "
+                + (f"{wtl['wins']}/{wtl['ties']}/{wtl['losses']}" if wtl and m != "random" else "–")
+                + f" | {r['val']['median']:.3f} | {r['calls']['median']:.0f} | {r['tokens']['median']:.0f} | "
+                f"{r['wall_s']['median']:.0f} | {r.get('wall_ratio_vs_random', float('nan')):.2f} |")
+        lines += ["", "Best prompt of seed 0 (instruction, number of exemplars):", ""]
+        for m, r in d["methods"].items():
+            bp = r["runs"][0]["best_prompt"]
+            instr = " ".join(bp["instruction"].split())
+            instr = instr if len(instr) <= 140 else instr[:137] + "..."
+            lines.append(f"- {m}: \"{instr}\" + {len(bp['exemplars'])} exemplars")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _combine(args: Any, paths: list[str]) -> None:
+    """One report (tables, plots, NAME.json) from several runs' outputs, nothing re-run: finished
+    ``prompt_opt.json`` files and/or ``prompt_opt.partial.json`` files of interrupted runs."""
     from lmopt._io import read_json
 
-    results: dict[str, Any] = {"tasks": {}, "partial": True, "sources": paths}
+    results: dict[str, Any] = {"tasks": {}, "combined_from": paths}
     for p in paths:
-        part = read_json(p)
-        if part is None:
+        data = read_json(p)
+        if data is None:
             raise SystemExit(f"{p} does not exist")
-        results["config"] = part["config"]
-        for task, methods in part["runs"].items():
+        if "results" in data:  # a finished run
+            res = data["results"]
+            results["config"] = res["config"]
+            results.update({k: res[k] for k in ("throughput", "expo") if k in res})
+            tasks = {t: (d["methods"], {k: d[k] for k in ("n", "mode") if k in d}) for t, d in res["tasks"].items()}
+            tasks = {t: ({m: r["runs"] for m, r in ms.items()}, meta) for t, (ms, meta) in tasks.items()}
+        else:  # per-run records of an interrupted run
+            results["config"] = data["config"]
+            results["partial"] = True
+            tasks = {t: (ms, data.get("task_meta", {}).get(t, {})) for t, ms in data["runs"].items()}
+        for task, (methods, meta) in tasks.items():
             rows = {m: _row(runs) for m, runs in methods.items() if runs}
             _vs_random(rows)
-            results["tasks"][task] = {"methods": rows}
+            results["tasks"][task] = {**meta, "methods": rows}
     _plots(results, args.out)
-    summary = {"partial": True, "median_test": {t: {m: round(r["test"]["median"], 3) for m, r in d["methods"].items()}
-                                                for t, d in results["tasks"].items()},
+    (Path(args.out) / "prompt_opt.md").write_text(_markdown(results))
+    summary = {"combined": len(paths),
+               "median_test": {t: {m: round(r["test"]["median"], 3) for m, r in d["methods"].items()}
+                               for t, d in results["tasks"].items()},
                "seeds": {t: {m: len(r["runs"]) for m, r in d["methods"].items()} for t, d in results["tasks"].items()}}
     write_result(args, results, summary)
 
 
-def _write_partial(out: str, results: dict[str, Any], task: str, method: str, runs: list[dict[str, Any]]) -> None:
+def _write_partial(out: str, results: dict[str, Any], task: str, meta: dict[str, Any], method: str,
+                   runs: list[dict[str, Any]]) -> None:
     """Runs finished so far (a long run interrupted still leaves its numbers): OUT/prompt_opt.partial.json."""
     from lmopt._io import read_json, write_json_atomic
 
     path = Path(out) / "prompt_opt.partial.json"
     part = read_json(path, {"config": results["config"], "runs": {}})
     part["runs"].setdefault(task, {})[method] = runs
+    part.setdefault("task_meta", {})[task] = meta
     write_json_atomic(path, part)
 
 

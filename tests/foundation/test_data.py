@@ -45,6 +45,24 @@ def test_reasoning_gym_task_scores_with_its_generator():
     assert t.name == "rg:basic_arithmetic"
 
 
+def test_reasoning_gym_closed_answers_become_a_balanced_classification_task():
+    t = load_task("rg:syllogism", size=120, seed=0, labels="auto", per_class=20)
+    assert t.labels == ("No", "Yes") and t.is_classification
+    assert [e.target for e in t.examples].count("Yes") == 20 == [e.target for e in t.examples].count("No")
+    assert "one of: No, Yes" in t.instruction
+    assert t.score("Yes", t.examples[-1]) == 1.0 and t.score("No", t.examples[-1]) == 0.0
+    again = load_task("rg:syllogism", size=120, seed=0, labels="auto", per_class=20)
+    assert [e.input for e in again.examples] == [e.input for e in t.examples]
+    with pytest.raises(ValueError, match="raise size"):
+        load_task("rg:syllogism", size=30, seed=0, labels="auto", per_class=20)
+    with pytest.raises(ValueError, match="labels='auto' is for closed answer sets"):
+        load_task("arithmetic", size=60, labels="auto")
+    with pytest.raises(ValueError, match="pass labels='auto'"):
+        load_task("rg:syllogism", size=60, per_class=5)
+    with pytest.raises(ValueError, match="not among labels"):
+        load_task("rg:syllogism", size=60, labels=("Yes",  "Maybe"))
+
+
 def test_prompt_formatting_keeps_exemplar_order():
     t = load_task("tweets", per_class=5)
     a, b = t.examples[0], t.examples[6]

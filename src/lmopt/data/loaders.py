@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import random
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +27,7 @@ REASONING_GYM_TASKS = {
     "spell_backward": "spell_backward",
     "leg_counting": "leg_counting",
 }
+MAX_AUTO_LABELS = 20
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 
 
@@ -49,13 +51,7 @@ def load_tweets(per_class: int | None = None, seed: int = 0, min_confidence: flo
                 continue
             by_label[label].append(Example(text, label, {"confidence": float(row.get("confidence") or 0)}))
     if per_class is not None:
-        import random
-
-        rng = random.Random(f"tweets:{seed}")
-        for lab, items in by_label.items():
-            if len(items) < per_class:
-                raise ValueError(f"only {len(items)} {lab} tweets pass the filters; lower per_class={per_class}")
-            by_label[lab] = rng.sample(items, per_class)
+        by_label = _balanced(by_label, per_class, random.Random(f"tweets:{seed}"), "tweets pass the filters")
     examples = [e for lab in TWEET_LABELS for e in by_label[lab]]
     return Task(
         name="tweets",
@@ -68,6 +64,15 @@ def load_tweets(per_class: int | None = None, seed: int = 0, min_confidence: flo
         description="3-class sentiment of tweets about self-driving cars",
         parser=_first_word,
     )
+
+
+def _balanced(by_label: dict[str, list[Example]], per_class: int, rng: random.Random,
+              what: str) -> dict[str, list[Example]]:
+    """``per_class`` examples of every label, sampled with ``rng`` (an error names the short class)."""
+    for lab, items in by_label.items():
+        if len(items) < per_class:
+            raise ValueError(f"only {len(items)} examples with answer {lab!r} ({what}); lower per_class={per_class}")
+    return {lab: rng.sample(items, per_class) for lab, items in by_label.items()}
 
 
 def _first_word(text: str) -> str:
@@ -119,17 +124,44 @@ def load_gsm8k(limit: int | None = None) -> Task:
     )
 
 
-def load_reasoning_gym(generator: str, size: int = 500, seed: int = 0, **config: Any) -> Task:
-    """A reasoning-gym generator as a task, scored by the generator's own ``score_answer``."""
+def load_reasoning_gym(generator: str, size: int = 500, seed: int = 0, labels: str | tuple[str, ...] | None = None,
+                       per_class: int | None = None, **config: Any) -> Task:
+    """A reasoning-gym generator as a task, scored by the generator's own ``score_answer``.
+
+    Args:
+        labels: ``None`` (free-form answers, evaluated by generation), ``"auto"`` (a classification task over
+            the distinct answers, for generators with a small closed answer set such as ``syllogism``
+            Yes/No or ``family_relationships``; evaluators then score each label's log-probability) or an
+            explicit tuple of answers.
+        per_class: with labels, keep this many examples of each answer (chosen with ``seed``), which
+            balances skewed generators (``syllogism`` is about 3/4 "Yes"); ``size`` must be large enough.
+    """
     rg = require("reasoning_gym", "assets")
     name = REASONING_GYM_TASKS.get(generator, generator)
+    if per_class is not None and (not isinstance(per_class, int) or isinstance(per_class, bool) or per_class < 1):
+        raise ValueError(f"per_class must be a positive int or None, got {per_class!r}")
+    if per_class is not None and labels is None:
+        raise ValueError("per_class balances answers of a classification task; pass labels='auto' or a tuple too")
+    if isinstance(labels, str) and labels != "auto":
+        raise ValueError(f"labels must be None, 'auto' or a tuple of answers, got {labels!r}")
     try:
         ds = rg.create_dataset(name, size=size, seed=seed, **config)
     except (KeyError, ValueError) as exc:
         raise ValueError(f"unknown or misconfigured reasoning-gym generator {name!r}: {exc}. "
                          f"Shortcuts: {sorted(REASONING_GYM_TASKS)}") from exc
-    entries = list(ds)
-    examples = [Example(e["question"], str(e["answer"]), {"entry": e}) for e in entries]
+    examples = [Example(e["question"], str(e["answer"]), {"entry": e}) for e in ds]
+    if labels == "auto":
+        labels = tuple(sorted({e.target for e in examples}))
+        if len(labels) > MAX_AUTO_LABELS:
+            raise ValueError(f"{name} has {len(labels)} distinct answers in {size} examples; labels='auto' is for "
+                             f"closed answer sets of at most {MAX_AUTO_LABELS}. Use labels=None (generation)")
+    if per_class is not None:
+        by_label: dict[str, list[Example]] = {lab: [] for lab in labels}
+        for e in examples:
+            by_label.setdefault(e.target, []).append(e)
+        by_label = _balanced(by_label, per_class, random.Random(f"rg:{name}:{seed}"),
+                             f"in {size} generated; raise size")
+        examples = [e for lab in labels for e in by_label[lab]]
 
     def metric(prediction: str, example: Example) -> float:
         return float(ds.score_answer(prediction, example.meta["entry"]))
@@ -139,11 +171,14 @@ def load_reasoning_gym(generator: str, size: int = 500, seed: int = 0, **config:
         examples=examples,
         metric=metric,
         parser=_answer_line,
-        instruction="Answer the question. Give only the final answer on the last line.",
+        labels=tuple(labels) if labels is not None else None,
+        instruction=(f"Answer the question with one of: {', '.join(labels)}." if labels is not None
+                     else "Answer the question. Give only the final answer on the last line."),
         template="{instruction}\n\n{exemplars}Question: {input}\nAnswer:",
         exemplar_template="Question: {input}\nAnswer: {target}\n\n",
         max_new_tokens=48,
-        description=f"reasoning-gym {name} (size {size}, seed {seed})",
+        description=f"reasoning-gym {name} (size {size}, seed {seed}"
+                    + (f", {per_class} per answer)" if per_class else ")"),
     )
 
 
