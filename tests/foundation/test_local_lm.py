@@ -29,8 +29,9 @@ def test_chat_template_answer(local):
 
 def test_score_equals_manual_forward_pass(local):
     tok, model = local.tokenizer, local.model
-    prompts = ["The capital of France is", "Tweet: I love it\nSentiment:", "2 + 2 ="]
-    conts = [" Paris, a big city", " positive", " 4"]
+    # The last four share a prompt with several multi-token continuations: one prompt pass, KV cache reused.
+    prompts = ["The capital of France is", "Tweet: I love it\nSentiment:", "2 + 2 =", *["Q: Who is he?\nA:"] * 4]
+    conts = [" Paris, a big city", " positive", " 4", " 10", " father-in-law", " son", " 7"]
     scores = local.score(prompts, conts)
     for p, c, s in zip(prompts, conts, scores):
         pi = tok(p, add_special_tokens=False).input_ids

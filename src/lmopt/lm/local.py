@@ -196,8 +196,9 @@ class LocalLM(Backend):
         """Sum of log p(continuation tokens | prompt).
 
         Prompt and continuation are tokenized separately (so the boundary is exact) and concatenated.
-        Single-token continuations of the same prompt (class labels, typically) share one forward pass of
-        the prompt: their log-probs are read from its last position.
+        Continuations of the same prompt (class labels, typically) share one forward pass of the prompt:
+        single-token ones are read from its last position; when a prompt has several multi-token
+        continuations (" 10", " father-in-law"), its KV cache is reused for all of them in one batch.
         """
         import torch
         pairs = []
@@ -207,14 +208,23 @@ class LocalLM(Backend):
                 raise ValueError("score needs a non-empty prompt and a non-empty continuation")
             pairs.append((pi, ci))
         results: list[Score | None] = [None] * len(pairs)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, (pi, _) in enumerate(pairs):
+            groups.setdefault(tuple(pi), []).append(i)
         by_prompt: dict[tuple[int, ...], list[int]] = {}
         general = []
-        for i, (pi, ci) in enumerate(pairs):
-            if len(ci) == 1:
-                by_prompt.setdefault(tuple(pi), []).append(i)
-            else:
-                general.append(i)
         with torch.inference_mode():
+            for prompt_ids, members in groups.items():
+                multi = [i for i in members if len(pairs[i][1]) > 1]
+                if len(multi) >= 2:
+                    lps = self._score_shared_prompt(list(prompt_ids), [pairs[i][1] for i in members])
+                    for i, lp in zip(members, lps):
+                        results[i] = Score(lp, len(pairs[i][1]), len(prompt_ids))
+                    continue
+                general += multi
+                single = [i for i in members if len(pairs[i][1]) == 1]
+                if single:
+                    by_prompt[prompt_ids] = single
             shared = list(by_prompt)
             for rows, logp in self._last_logprobs([list(p) for p in shared]):
                 for r, lp in zip(rows, logp):
@@ -233,6 +243,32 @@ class LocalLM(Backend):
                     n_c = len(pairs[i][1])
                     results[i] = Score(tok_lp[row, width - 1 - n_c:].sum().item(), n_c, len(pairs[i][0]))
         return results  # type: ignore[return-value]
+
+    def _score_shared_prompt(self, prompt: list[int], conts: list[list[int]]) -> list[float]:
+        """log p(c | prompt) for each continuation from one prompt forward and one batched continuation
+        forward over the prompt's KV cache (repeated per continuation; right padding is never attended)."""
+        import torch
+        ids = torch.tensor([prompt], device=self.device)
+        out = self.model(input_ids=ids, use_cache=True)
+        first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
+        totals = [float(first[c[0]]) for c in conts]
+        width = max(len(c) for c in conts) - 1  # tokens fed after the prompt: each continuation minus its last
+        k, n = len(conts), len(prompt)
+        cache = out.past_key_values
+        cache.batch_repeat_interleave(k)
+        feed = torch.full((k, width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((k, n + width), dtype=torch.long)
+        mask[:, :n] = 1
+        for j, c in enumerate(conts):
+            feed[j, : len(c) - 1] = torch.tensor(c[:-1])
+            mask[j, n: n + len(c) - 1] = 1
+        pos = torch.arange(n, n + width).expand(k, width)
+        logits = self.model(input_ids=feed.to(self.device), attention_mask=mask.to(self.device),
+                            position_ids=pos.to(self.device), past_key_values=cache).logits
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        for j, c in enumerate(conts):
+            totals[j] += sum(float(logp[j, t, c[t + 1]]) for t in range(len(c) - 1))
+        return totals
 
     def _forward(self, ids: Any, mask: Any, **kwargs: Any) -> Any:
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
