@@ -26,10 +26,7 @@ def adamw_step(opt: Any, p: torch.Tensor, g: torch.Tensor, group: dict[str, Any]
     """Initialise state if needed and run one AdamW step for ``p`` through ``opt._run``."""
     st = opt.state[p]
     if "exp_avg" not in st:
-        sd = opt._state_dtype(group, p)
-        st["step"] = opt._step_tensor()
-        st["exp_avg"] = torch.zeros_like(p, dtype=sd, memory_format=torch.preserve_format)
-        st["exp_avg_sq"] = torch.zeros_like(p, dtype=sd, memory_format=torch.preserve_format)
+        opt._zero_state(st, group, p, "exp_avg", "exp_avg_sq")
     st["step"] += 1
     t = int(st["step"].item())
     lr = float(group["lr"])

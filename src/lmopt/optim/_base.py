@@ -25,7 +25,7 @@ import functools
 import math
 import shutil
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -201,6 +201,21 @@ class LmoptOptimizer(Optimizer):
         if torch.is_complex(p):
             raise RuntimeError(f"{type(self).__name__} does not support complex parameters; use torch.view_as_real")
         return g
+
+    def _params_with_grads(self, group: dict[str, Any]) -> Iterator[tuple[torch.Tensor, torch.Tensor, dict[str, Any]]]:
+        """(parameter, gradient, state) for every parameter of ``group`` that has a gradient."""
+        for p in group["params"]:
+            g = self._grad(p)
+            if g is not None:
+                yield p, g, self.state[p]
+
+    def _zero_state(self, st: dict[str, Any], group: dict[str, Any], p: torch.Tensor, *keys: str,
+                    memory_format: torch.memory_format = torch.preserve_format) -> None:
+        """A parameter's first step: a step counter and zero moments ``keys`` in the group's state dtype."""
+        sd = self._state_dtype(group, p)
+        st["step"] = self._step_tensor()
+        for k in keys:
+            st[k] = torch.zeros_like(p, dtype=sd, memory_format=memory_format)
 
     @staticmethod
     def _state_dtype(group: dict[str, Any], p: torch.Tensor) -> torch.dtype:

@@ -111,18 +111,10 @@ class AdaBelief(LmoptOptimizer):
             beta1, beta2 = group["betas"]
             wd = group["weight_decay"]
             decay = 1.0 - (wd if group["fixed_decay"] else lr * wd)
-            for p in group["params"]:
-                g = self._grad(p)
-                if g is None:
-                    continue
-                st = self.state[p]
-                sd = self._state_dtype(group, p)
+            for p, g, st in self._params_with_grads(group):
                 if not st:
-                    st["step"] = self._step_tensor()
-                    st["exp_avg"] = torch.zeros_like(p, dtype=sd, memory_format=torch.preserve_format)
-                    st["exp_avg_var"] = torch.zeros_like(p, dtype=sd, memory_format=torch.preserve_format)
-                    if group["amsgrad"]:
-                        st["max_exp_avg_var"] = torch.zeros_like(p, dtype=sd, memory_format=torch.preserve_format)
+                    self._zero_state(st, group, p, "exp_avg", "exp_avg_var",
+                                     *(("max_exp_avg_var",) if group["amsgrad"] else ()))
                 st["step"] += 1
                 t = int(st["step"].item())
                 denom_scale, adapt, sgd = self.coefficients(t, group)

@@ -70,16 +70,9 @@ class EXAdam(LmoptOptimizer):
         for group in self.param_groups:
             lr = float(group["lr"])
             beta1, beta2 = group["betas"]
-            for p in group["params"]:
-                g = self._grad(p)
-                if g is None:
-                    continue
-                st = self.state[p]
+            for p, g, st in self._params_with_grads(group):
                 if not st:
-                    sd = self._state_dtype(group, p)
-                    st["step"] = self._step_tensor()
-                    st["exp_avg"] = torch.zeros_like(p, dtype=sd, memory_format=torch.preserve_format)
-                    st["exp_avg_sq"] = torch.zeros_like(p, dtype=sd, memory_format=torch.preserve_format)
+                    self._zero_state(st, group, p, "exp_avg", "exp_avg_sq")
                 st["step"] += 1
                 t = int(st["step"].item())
                 self._run(exadam_math, p.device, p, g, st["exp_avg"], st["exp_avg_sq"],

@@ -87,15 +87,9 @@ class LionK(LmoptOptimizer):
         for group in self.param_groups:
             lr = float(group["lr"])
             beta1, beta2 = group["betas"]
-            for p in group["params"]:
-                g = self._grad(p)
-                if g is None:
-                    continue
-                st = self.state[p]
+            for p, g, st in self._params_with_grads(group):
                 if not st:
-                    st["step"] = self._step_tensor()
-                    st["exp_avg"] = torch.zeros_like(p, dtype=self._state_dtype(group, p),
-                                                     memory_format=torch.preserve_format)
+                    self._zero_state(st, group, p, "exp_avg")
                 st["step"] += 1
                 self._run(lion_math, p.device, p, g, st["exp_avg"],
                           scalar(-1.0 if group["maximize"] else 1.0, p), scalar(1.0 - lr * group["weight_decay"], p),

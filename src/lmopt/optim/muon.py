@@ -144,23 +144,15 @@ class Muon(LmoptOptimizer):
         loss = self._prep_closure(closure)
         for group in self.param_groups:
             if not group["use_muon"]:
-                for p in group["params"]:
-                    g = self._grad(p)
-                    if g is not None:
-                        adamw_step(self, p, g, group, group["adamw_betas"], group["adamw_eps"])
+                for p, g, _ in self._params_with_grads(group):
+                    adamw_step(self, p, g, group, group["adamw_betas"], group["adamw_eps"])
                 continue
             ns = dict(steps=group["ns_steps"], coefficients=group["ns_coefficients"], dtype=group["ns_dtype"])
             batched = self.impl != "reference"
             pending: dict[tuple[int, int, torch.device], list[tuple[torch.Tensor, torch.Tensor]]] = {}
-            for p in group["params"]:
-                g = self._grad(p)
-                if g is None:
-                    continue
-                st = self.state[p]
+            for p, g, st in self._params_with_grads(group):
                 if not st:
-                    st["step"] = self._step_tensor()
-                    st["momentum_buffer"] = torch.zeros_like(p, dtype=self._state_dtype(group, p),
-                                                             memory_format=torch.preserve_format)
+                    self._zero_state(st, group, p, "momentum_buffer")
                 st["step"] += 1
                 u = self._momentum(p, g, st["momentum_buffer"], group)
                 if batched:

@@ -116,18 +116,11 @@ class SOAP(LmoptOptimizer):
             lr = float(group["lr"])
             beta1, beta2 = group["betas"]
             sh_beta = group["shampoo_beta"] if group["shampoo_beta"] is not None else beta2
-            for p in group["params"]:
-                g = self._grad(p)
-                if g is None:
-                    continue
+            for p, g, st in self._params_with_grads(group):
                 g32 = -g.float() if group["maximize"] else g.float()
-                st = self.state[p]
                 dims = _precond_dims(p.shape, group["max_precond_dim"], group["precondition_1d"])
                 if not st:
-                    sd = self._state_dtype(group, p)
-                    st["step"] = self._step_tensor()
-                    st["exp_avg"] = torch.zeros_like(p, dtype=sd, memory_format=torch.contiguous_format)
-                    st["exp_avg_sq"] = torch.zeros_like(p, dtype=sd, memory_format=torch.contiguous_format)
+                    self._zero_state(st, group, p, "exp_avg", "exp_avg_sq", memory_format=torch.contiguous_format)
                     for d in dims:
                         gg = _outer(g32, d)
                         st[f"GG{d}"] = gg
