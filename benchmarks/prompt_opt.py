@@ -119,7 +119,9 @@ def expo_bench(local: Any, cfg: dict[str, Any], seeds: int) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     def extra(p):
-        p.add_argument("--evals", type=int, default=None, help="evaluations per run (default 6, quick 3)")
+        p.add_argument("--evals", type=int, default=None, help="evaluations per run (default 10, quick 3)")
+        p.add_argument("--initial", type=int, default=None,
+                       help="random initial evaluations of EASE / INSTINCT before NeuralUCB (default 3, quick 1)")
         p.add_argument("--tasks", default=None, help="comma-separated task names")
         p.add_argument("--methods", default=None, help="comma-separated method names")
         p.add_argument("--no-expo", action="store_true", help="skip the EXPO bandit part")
@@ -131,6 +133,8 @@ def main(argv: list[str] | None = None) -> None:
     cfg = dict(QUICK if args.quick else DEFAULTS)
     if args.evals:
         cfg["evals"] = args.evals
+    if args.initial:
+        cfg["n_initial"] = args.initial
     if args.tasks:
         cfg["tasks"] = args.tasks.split(",")
     if args.methods:

@@ -6,15 +6,6 @@ import torch
 from lmopt.rl.toy import ToyConfig, ToyPolicy, ToyTask, expected_objectives, run_toy, steps_to_threshold
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """The toy's tensors are tiny; intra-op threads only slow it down on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_seeded_runs_are_identical_and_seeds_differ():
     a = run_toy(ToyConfig(steps=20, redit_m=0.05, seed=3))
     b = run_toy(ToyConfig(steps=20, redit_m=0.05, seed=3))

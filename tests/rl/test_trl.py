@@ -9,14 +9,6 @@ pytest.importorskip("trl")
 reasoning_gym = pytest.importorskip("reasoning_gym")
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Small models on a shared 2-core machine run 5-12x faster on one intra-op thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def tokenizer():
