@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
         splits = task.split(0, n_train=n_train, n_val=n_val, n_test=n_test)
         chat = not task.is_classification
         meta = {"n": [len(splits.train), len(splits.validation), len(splits.test)],
-                "mode": "score" if task.is_classification else "generate (chat)"}
+                "mode": "score" if task.is_classification else "generate (chat)", "evals": cfg["evals"]}
         rows: dict[str, Any] = {}
         for m in cfg["methods"]:
             runs = []
@@ -226,7 +226,8 @@ def _markdown(results: dict[str, Any]) -> str:
     lines = []
     for task, d in results["tasks"].items():
         n = d.get("n")
-        lines += [f"### {task}" + (f" (train/val/test = {n[0]}/{n[1]}/{n[2]}, {d['mode']})" if n else ""), "",
+        head = f"### {task}" + (f" (train/val/test = {n[0]}/{n[1]}/{n[2]}, {d['mode']}" if n else " (")
+        lines += [head + f"{', ' if n else ''}{d.get('evals', '?')} evaluations per run)", "",
                   "| method | seeds | test median [min, max] | seed-prompt test | test − random | W/T/L vs random "
                   "| val median | fresh LM calls | tokens | wall s | wall / random |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -263,12 +264,14 @@ def _combine(args: Any, paths: list[str]) -> None:
             res = data["results"]
             results["config"] = res["config"]
             results.update({k: res[k] for k in ("throughput", "expo") if k in res})
-            tasks = {t: (d["methods"], {k: d[k] for k in ("n", "mode") if k in d}) for t, d in res["tasks"].items()}
-            tasks = {t: ({m: r["runs"] for m, r in ms.items()}, meta) for t, (ms, meta) in tasks.items()}
+            tasks = {t: ({m: r["runs"] for m, r in d["methods"].items()},
+                         {"evals": res["config"]["evals"], **{k: d[k] for k in ("n", "mode", "evals") if k in d}})
+                     for t, d in res["tasks"].items()}
         else:  # per-run records of an interrupted run
             results["config"] = data["config"]
             results["partial"] = True
-            tasks = {t: (ms, data.get("task_meta", {}).get(t, {})) for t, ms in data["runs"].items()}
+            metas = data.get("task_meta", {})
+            tasks = {t: (ms, {"evals": data["config"]["evals"], **metas.get(t, {})}) for t, ms in data["runs"].items()}
         for task, (methods, meta) in tasks.items():
             rows = {m: _row(runs) for m, runs in methods.items() if runs}
             _vs_random(rows)
@@ -334,7 +337,8 @@ def _task_plot(results: dict[str, Any], out: str, tasks: list[str], methods: lis
     ax.set_ylabel("test score of best prompt (median, min–max)")
     ax.set_ylim(0, 1)
     ax.legend(fontsize=7, ncol=4)
-    ax.set_title(f"prompt optimisers, {results['config']['evals']} evaluations each", fontsize=9)
+    budgets = ", ".join(f"{t} {results['tasks'][t].get('evals', '?')}" for t in tasks)
+    ax.set_title(f"prompt optimisers at equal evaluation budgets ({budgets})", fontsize=9)
     save_plot(fig, out, "prompt_opt_test.png")
 
 
