@@ -120,6 +120,9 @@ def expo_bench(local: Any, cfg: dict[str, Any], seeds: int) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     def extra(p):
         p.add_argument("--evals", type=int, default=None, help="evaluations per run (default 10, quick 3)")
+        p.add_argument("--model", default=None,
+                       help="task/proposer model: a Hugging Face id or folder (default: the embedded SmolLM2)")
+        p.add_argument("--device", default="cpu", help="torch device of the model, e.g. cuda")
         p.add_argument("--initial", type=int, default=None,
                        help="random initial evaluations of EASE / INSTINCT before NeuralUCB (default 3, quick 1)")
         p.add_argument("--tasks", default=None, help="comma-separated task names")
@@ -148,11 +151,12 @@ def main(argv: list[str] | None = None) -> None:
     from lmopt.lm import LM, CallCache, LocalLM
 
     t_all = time.perf_counter()
-    _log("loading SmolLM2-135M-Instruct ...")
-    local = LocalLM(batch_size=8)
+    _log(f"loading {args.model or 'SmolLM2-135M-Instruct'} on {args.device} ...")
+    local = LocalLM(args.model, device=args.device, batch_size=8)
     tmp = tempfile.mkdtemp(prefix="lmopt-bench-")
     cache = CallCache(Path(tmp) / "calls.sqlite")
-    results: dict[str, Any] = {"config": {**cfg, "seeds": seeds}, "tasks": {}}
+    results: dict[str, Any] = {"config": {**cfg, "seeds": seeds, "model": args.model or "SmolLM2-135M-Instruct",
+                                          "device": args.device}, "tasks": {}}
     for tname in cfg["tasks"]:
         task, (n_train, n_val, n_test) = _task(tname, cfg)
         splits = task.split(0, n_train=n_train, n_val=n_val, n_test=n_test)
