@@ -113,19 +113,24 @@ class EXPO:
         optimize: False = the fixed original meta-prompt (the paper's baseline), same agent and history.
         embedder: features of meta-prompts (``"minilm"``, ``"hash"`` or a callable).
         train_steps: Adam steps of the score network per step.
+        action_tokens: new tokens the agent may write per action. Small chat models often write a
+            sentence before the number ("You are correct, ... The answer is 2."), which 12 tokens cut off.
         seed: all random choices (sampling of meta-prompts, exemplars, fallback arms).
     """
 
     def __init__(self, *, n_descriptions: int = 4, n_instructions: int = 4, eta: float = 0.5,
                  exemplar_search: bool = False, n_exemplar_sets: int = 8, exemplar_size: int = 10,
-                 optimize: bool = True, embedder: Any = "minilm", train_steps: int = 100, seed: int = 0) -> None:
+                 optimize: bool = True, embedder: Any = "minilm", train_steps: int = 100, action_tokens: int = 40,
+                 seed: int = 0) -> None:
         for k, v in (("n_descriptions", n_descriptions), ("n_instructions", n_instructions),
-                     ("n_exemplar_sets", n_exemplar_sets), ("exemplar_size", exemplar_size)):
+                     ("n_exemplar_sets", n_exemplar_sets), ("exemplar_size", exemplar_size),
+                     ("action_tokens", action_tokens)):
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{k} must be a positive int, got {v!r}")
         self.n_descriptions, self.n_instructions, self.eta = n_descriptions, n_instructions, eta
         self.exemplar_search, self.n_exemplar_sets, self.exemplar_size = exemplar_search, n_exemplar_sets, exemplar_size
         self.optimize, self.embedder, self.train_steps, self.seed = optimize, embedder, train_steps, seed
+        self.action_tokens = action_tokens
         self.name = "fixed" if not optimize else ("expo-es" if exemplar_search else "expo")
 
     def _rephrase(self, lm: LM, text: str, n: int, what: str, history: list) -> list[str]:
@@ -195,8 +200,8 @@ class EXPO:
                 exemplars, ex_net = self._choose_exemplars(interactions, embed, ex_net, rng, history)
             prompt = self.render(*cands[i], exemplars, env.n_arms, horizon, t)
             try:
-                text = lm.chat([[{"role": "user", "content": prompt}]], GenerationConfig(max_new_tokens=12),
-                               role="task")[0][0].text
+                cfg = GenerationConfig(max_new_tokens=self.action_tokens)
+                text = lm.chat([[{"role": "user", "content": prompt}]], cfg, role="task")[0][0].text
             except BudgetExceeded as exc:
                 stop = f"LM budget: {exc}"
                 break
