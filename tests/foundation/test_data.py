@@ -60,7 +60,7 @@ def test_reasoning_gym_closed_answers_become_a_balanced_classification_task():
     with pytest.raises(ValueError, match="pass labels='auto'"):
         load_task("rg:syllogism", size=60, per_class=5)
     with pytest.raises(ValueError, match="not among labels"):
-        load_task("rg:syllogism", size=60, labels=("Yes",  "Maybe"))
+        load_task("rg:syllogism", size=60, labels=("Yes", "Maybe"), per_class=5)
 
 
 def test_prompt_formatting_keeps_exemplar_order():

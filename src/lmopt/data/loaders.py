@@ -155,10 +155,15 @@ def load_reasoning_gym(generator: str, size: int = 500, seed: int = 0, labels: s
         if len(labels) > MAX_AUTO_LABELS:
             raise ValueError(f"{name} has {len(labels)} distinct answers in {size} examples; labels='auto' is for "
                              f"closed answer sets of at most {MAX_AUTO_LABELS}. Use labels=None (generation)")
+    if labels is not None:
+        stray = sorted({e.target for e in examples} - set(labels))
+        if stray:
+            raise ValueError(f"{name} answers {stray[:5]} are not among labels {tuple(labels)}; add them or use "
+                             "labels='auto'")
     if per_class is not None:
         by_label: dict[str, list[Example]] = {lab: [] for lab in labels}
         for e in examples:
-            by_label.setdefault(e.target, []).append(e)
+            by_label[e.target].append(e)
         by_label = _balanced(by_label, per_class, random.Random(f"rg:{name}:{seed}"),
                              f"in {size} generated; raise size")
         examples = [e for lab in labels for e in by_label[lab]]
