@@ -14,6 +14,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -149,3 +150,24 @@ def evaluate(model: GPT, data: torch.Tensor, batch: int, n_batches: int, seed: i
     losses = [float(model(*get_batch(data, batch, model.cfg.block_size, gen))) for _ in range(n_batches)]
     model.train(was)
     return sum(losses) / len(losses)
+
+
+class TinySetup(NamedTuple):
+    seeds: int
+    steps: int
+    corpus: Corpus
+    cfg: GPTConfig
+    batch: int
+    eval_every: int
+    eval_batches: int
+
+
+def tiny_setup(args: Any, quick_steps: int) -> TinySetup:
+    """The training setup shared by the tiny-GPT benchmarks (optim_quality, autolrs): threads, seeds,
+    steps, corpus and model size, full or ``--quick``."""
+    torch.set_num_threads(args.threads)
+    steps = args.steps or (quick_steps if args.quick else 300)
+    corpus = load_shakespeare(max_train_chars=300_000 if args.quick else 1_000_000)
+    cfg = GPTConfig(vocab_size=len(corpus.vocab), block_size=32, n_layer=2, n_head=4, n_embd=64)
+    return TinySetup(args.seeds or (1 if args.quick else 3), steps, corpus, cfg, 16, max(5, steps // 10),
+                     4 if args.quick else 8)

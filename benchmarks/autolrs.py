@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from benchmarks._common import median_spread, parse_args, save_plot, write_result
-from benchmarks._tinygpt import GPT, GPTConfig, evaluate, get_batch, load_shakespeare
+from benchmarks._tinygpt import GPT, GPTConfig, evaluate, get_batch, tiny_setup
 
 
 def _extra(p: Any) -> None:
@@ -76,12 +76,7 @@ def run(schedule: str, seed: int, steps: int, lr: float, corpus: Any, cfg: GPTCo
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args("autolrs", __doc__.splitlines()[0], default_seeds=3, argv=argv, extra=_extra)
-    torch.set_num_threads(args.threads)
-    seeds = args.seeds or (1 if args.quick else 3)
-    steps = args.steps or (40 if args.quick else 300)
-    corpus = load_shakespeare(max_train_chars=300_000 if args.quick else 1_000_000)
-    cfg = GPTConfig(vocab_size=len(corpus.vocab), block_size=32, n_layer=2, n_head=4, n_embd=64)
-    batch, eval_every, eval_batches = 16, max(5, steps // 10), 4 if args.quick else 8
+    seeds, steps, corpus, cfg, batch, eval_every, eval_batches = tiny_setup(args, quick_steps=40)
     tau, n_trials = (10, 3) if args.quick else (max(10, steps // 6), 6)
     print(f"autolrs: {steps} steps, {seeds} seed(s); AutoLRS tau0={tau}, {n_trials} trials/stage")
     runs: dict[str, list[dict[str, Any]]] = {"constant": [], "cosine": [], "autolrs": []}

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from benchmarks._common import median_spread, parse_args, save_plot, write_result
-from benchmarks._tinygpt import GPT, GPTConfig, evaluate, get_batch, load_shakespeare
+from benchmarks._tinygpt import GPT, GPTConfig, evaluate, get_batch, tiny_setup
 
 
 def _extra(p: Any) -> None:
@@ -135,12 +135,7 @@ def steps_to_reach(curve: list[tuple[int, float]], target: float) -> int | None:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args("optim_quality", __doc__.splitlines()[0], default_seeds=3, argv=argv, extra=_extra)
-    torch.set_num_threads(args.threads)
-    seeds = args.seeds or (1 if args.quick else 3)
-    steps = args.steps or (20 if args.quick else 300)
-    corpus = load_shakespeare(max_train_chars=300_000 if args.quick else 1_000_000)
-    cfg = GPTConfig(vocab_size=len(corpus.vocab), block_size=32, n_layer=2, n_head=4, n_embd=64)
-    batch, eval_every, eval_batches = 16, max(5, steps // 10), 4 if args.quick else 8
+    seeds, steps, corpus, cfg, batch, eval_every, eval_batches = tiny_setup(args, quick_steps=20)
     opts = optimizers()
     if args.only:
         keep = [s.strip() for s in args.only.split(",")]
