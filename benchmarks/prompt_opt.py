@@ -1,6 +1,7 @@
 """Prompt optimisers side by side at the same budget of task-LM evaluations (SmolLM2-135M-Instruct).
 
-``python -m benchmarks.prompt_opt [--quick] [--out DIR] [--seeds N] [--evals B] [--tasks a,b] [--no-expo]``
+``python -m benchmarks.prompt_opt [--quick] [--out DIR] [--seeds N] [--evals B] [--initial K] [--tasks a,b]
+[--methods m,n] [--model ID] [--device D] [--no-expo | --expo-only]``, or ``--combine JSON... --out DIR``
 
 For every task and seed, each method gets the same number of prompt evaluations on the validation split
 (the seed prompt's evaluation included); the best prompt's test score is compared with the seed prompt's.
@@ -140,8 +141,13 @@ def main(argv: list[str] | None = None) -> None:
         cfg["n_initial"] = args.initial
     if args.tasks:
         cfg["tasks"] = args.tasks.split(",")
+        if set(cfg["tasks"]) - set(TASKS):
+            raise SystemExit(f"unknown task(s) {sorted(set(cfg['tasks']) - set(TASKS))}; choose from {sorted(TASKS)}")
     if args.methods:
         cfg["methods"] = args.methods.split(",")
+        unknown = sorted(set(cfg["methods"]) - set(DEFAULTS["methods"]))
+        if unknown:
+            raise SystemExit(f"unknown method(s) {unknown}; choose from {DEFAULTS['methods']}")
     if args.expo_only:
         cfg["tasks"] = []
         cfg["expo_horizon"] = cfg["expo_horizon"] or DEFAULTS["expo_horizon"]
