@@ -49,8 +49,6 @@ def _task(name: str, cfg: dict[str, Any]):
     """The task and its split sizes (``--quick`` shrinks the splits)."""
     from lmopt.data import load_task
 
-    if name not in TASKS:
-        raise SystemExit(f"unknown benchmark task {name!r}; choose from {sorted(TASKS)}")
     spec = TASKS[name]
     loader, kwargs = spec["load"]
     t = load_task(loader, **kwargs)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+DOCS = Path(__file__).resolve().parents[1] / "docs"
 ORDER = ["lm_throughput", "optim_step", "optim_quality", "autolrs", "zo_synthetic", "zo_finetune", "zo_memory",
          "prompt_opt", "rl_toy", "rl_grpo"]
 HEADER = """# Benchmarks
@@ -25,22 +26,32 @@ Sections: {links}
 """
 
 
-def main() -> None:
-    root = Path(__file__).resolve().parents[1] / "docs"
-    parts = []
+def _demote(text: str) -> str:
+    """Every Markdown heading one level down (lines inside fenced code blocks are left alone)."""
+    out, fenced = [], False
+    for ln in text.splitlines():
+        if ln.startswith("```"):
+            fenced = not fenced
+        out.append("#" + ln if ln.startswith("#") and not fenced else ln)
+    return "\n".join(out)
+
+
+def render(root: Path = DOCS) -> str:
+    """The text of docs/benchmarks.md built from ``root/benchmarks/*.md``."""
     names = [n for n in ORDER if (root / "benchmarks" / f"{n}.md").exists()]
     names += sorted(p.stem for p in (root / "benchmarks").glob("*.md") if p.stem not in ORDER)
+    parts = []
     for n in names:
         text = (root / "benchmarks" / f"{n}.md").read_text(encoding="utf-8").strip()
-        text = text.replace("](../img/", "](img/")
-        lines = text.splitlines()
-        lines = ["#" + ln if ln.startswith("#") else ln for ln in lines]  # demote headings one level
-        parts.append(f'<a id="{n}"></a>\n\n' + "\n".join(lines))
+        parts.append(f'<a id="{n}"></a>\n\n' + _demote(text.replace("](../img/", "](img/")))
     links = ", ".join(f"[{n}](#{n})" for n in names)
-    out = HEADER.format(links=links) + "\n\n".join(parts) + "\n"
-    (root / "benchmarks.md").write_text(out, encoding="utf-8")
-    print(f"wrote {root / 'benchmarks.md'} with {len(names)} sections")
+    return HEADER.format(links=links) + "\n\n".join(parts) + "\n"
 
+
+def main() -> None:
+    text = render()
+    (DOCS / "benchmarks.md").write_text(text, encoding="utf-8")
+    print(f"wrote {DOCS / 'benchmarks.md'} with {text.count('<a id=')} sections")
 
 if __name__ == "__main__":
     main()

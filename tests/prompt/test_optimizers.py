@@ -158,5 +158,9 @@ def test_bad_inputs(toy_task, toy_lm):
         INSTINCT(features="hidden", n_candidates=2, embedder="hash").run(toy_task, lm, budget=4, split=SPLIT)
     with pytest.raises(ValueError, match="seed_prompt="):
         RandomSearch().run(toy_task, lm, budget=3, split=SPLIT, seed_prompt=Prompt(""))
+    res = RandomSearch().run(toy_task, lm, budget=2, split=SPLIT, seed_prompt="Answer.")
+    assert res.seed_prompt == Prompt("Answer.")
+    with pytest.raises(TypeError, match="seed_prompt must be a Prompt or a str"):
+        RandomSearch().run(toy_task, lm, budget=3, split=SPLIT, seed_prompt=3)
     with pytest.raises(ValueError, match="unknown split"):
         RandomSearch().run(toy_task, lm, budget=3, split={"n_dev": 3})

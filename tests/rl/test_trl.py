@@ -9,7 +9,6 @@ pytest.importorskip("trl")
 reasoning_gym = pytest.importorskip("reasoning_gym")
 
 
-
 @pytest.fixture(scope="module")
 def tokenizer():
     from transformers import AutoTokenizer
@@ -208,8 +207,7 @@ def test_documented_trl_features_exist(tmp_path):
                     report_to="none")
     assert cpo.loss_type == "simpo" and cpo.cpo_alpha == 0.0
     dpo = DPOConfig(output_dir=str(tmp_path), f_divergence_type="alpha_divergence", f_alpha_divergence_coef=0.5,
-                    bf16=False,
-                    report_to="none")
+                    bf16=False, report_to="none")
     assert str(getattr(dpo.f_divergence_type, "value", dpo.f_divergence_type)) == "alpha_divergence"
     grpo = GRPOConfig(output_dir=str(tmp_path), multi_objective_aggregation="normalize_then_sum", report_to="none",
                       bf16=False)

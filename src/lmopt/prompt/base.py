@@ -343,7 +343,7 @@ class Optimizer:
 
     def run(self, task: Task, lm: LM, budget: PromptBudget | int | dict[str, Any] | None = None, *,
             optimizer_lm: LM | None = None, judge_lm: LM | None = None, seed: int = 0,
-            splits: Splits | None = None, split: dict[str, int] | None = None, seed_prompt: Prompt | None = None,
+            splits: Splits | None = None, split: dict[str, int] | None = None, seed_prompt: Prompt | str | None = None,
             checkpoint_dir: str | Path | None = None, progress: ProgressFn | None = None,
             evaluate_test: bool = True, eval_mode: str = "auto", chat: bool = False) -> PromptOptimizationResult:
         """Optimise a prompt for ``task`` with ``lm`` as the task model.
@@ -355,7 +355,8 @@ class Optimizer:
             seed: every random choice of the run derives from it (0 included).
             splits / split: explicit splits, or ``task.split(**split)`` (default
                 ``{"seed": 0, "n_train": 50, "n_val": 20, "n_test": 100}``, shrunk to fit small tasks).
-            seed_prompt: starting prompt (default: the task's instruction, no exemplars).
+            seed_prompt: starting prompt, or its instruction as a str (default: the task's instruction, no
+                exemplars).
             checkpoint_dir: where ``checkpoint.json`` lives; an existing one is resumed.
             progress: ``progress(done, total, message)`` after each evaluation.
             evaluate_test: also score the best and the seed prompt on the test split.
@@ -372,8 +373,12 @@ class Optimizer:
             splits = _default_splits(task, split)
         if not splits.validation:
             raise ValueError("the validation split is empty; prompt optimisation needs n_val >= 1")
-        seed_prompt = seed_prompt or Prompt(task.instruction)
-        if not isinstance(seed_prompt, Prompt) or not (seed_prompt.instruction.strip() or seed_prompt.exemplars):
+        seed_prompt = Prompt(task.instruction) if seed_prompt is None else seed_prompt
+        if isinstance(seed_prompt, str):
+            seed_prompt = Prompt(seed_prompt)
+        if not isinstance(seed_prompt, Prompt):
+            raise TypeError(f"seed_prompt must be a Prompt or a str, got {type(seed_prompt).__name__}")
+        if not (seed_prompt.instruction.strip() or seed_prompt.exemplars):
             raise ValueError(f"task {task.name!r} has no seed instruction; pass seed_prompt=Prompt('...') "
                              "with a starting instruction")
         optimizer_lm = optimizer_lm or lm
