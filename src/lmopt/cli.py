@@ -10,13 +10,20 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="lmopt: optimisation of language-model systems (weights, prompts, rewards).")
-console = Console(stderr=True)
+# soft_wrap: an error naming a path or a command must never be broken across lines, whatever the
+# terminal width (users copy it, tests search it).
+console = Console(stderr=True, soft_wrap=True)
+
+
+def _error(message: str) -> None:
+    console.print(f"[red]error:[/] {escape(message)}")
 
 _PACKAGES = ("torch", "numpy", "transformers", "sentence-transformers", "trl", "peft", "datasets", "optuna")
 
@@ -52,7 +59,7 @@ def _run(paths: list[Path], out: Path, run_id: str | None) -> None:
             run_dir = run_recipe(p, out, run_id=run_id, console=console)
             typer.echo(str(run_dir))
     except RecipeError as exc:
-        console.print(f"[red]error:[/] {exc}")
+        _error(str(exc))
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]: run the same command again to resume")

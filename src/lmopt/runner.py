@@ -35,7 +35,7 @@ def _progress(console: Console) -> Progress:
 def run_recipe(recipe: str | Path | dict[str, Any], out_dir: str | Path = "runs", *, run_id: str | None = None,
                console: Console | None = None) -> Path:
     """Run (or resume) a recipe; returns the run directory."""
-    console = console or Console(stderr=True)
+    console = console or Console(stderr=True, soft_wrap=True)
     cfg = load_recipe(recipe) if not isinstance(recipe, dict) else dict(recipe)
     kind = cfg.get("kind")
     if kind not in KINDS:

@@ -88,8 +88,11 @@ def test_cli_run_and_error_exit_codes(tmp_path, scripted):
     ok = cli.invoke(app, ["run", str(path), "--out", str(tmp_path / "runs")])
     assert ok.exit_code == 0, ok.output
     assert (tmp_path / "runs" / recipe_id(RECIPE) / "results.json").exists()
-    bad = cli.invoke(app, ["run", str(tmp_path / "missing.yaml")])
-    assert bad.exit_code == 2 and "does not exist" in bad.output
+    # A path far wider than any terminal: the message must keep it (and the reason) on one line, unbroken.
+    missing = tmp_path / ("deep-" * 40) / "[missing].yaml"
+    bad = cli.invoke(app, ["run", str(missing)])
+    assert bad.exit_code == 2
+    assert f"recipe {str(missing)!r} does not exist" in bad.output, bad.output
 
 
 def test_packaged_demo_recipes_are_valid():

@@ -43,6 +43,70 @@ def test_score_equals_manual_forward_pass(local):
         assert s.logprob == pytest.approx(manual, abs=2e-3)
 
 
+def _manual_logprob(model, pi, ci):
+    with torch.no_grad():
+        logp = torch.log_softmax(model(torch.tensor([pi + ci])).logits[0].float(), -1)
+    return sum(logp[len(pi) + k - 1, t].item() for k, t in enumerate(ci))
+
+
+FEW_SHOT = ("Classify the sentiment of the tweet.\n\nTweet: I love my new car\nSentiment: positive\n\n"
+            "Tweet: The bus was late again\nSentiment: negative\n\nTweet: {}\nSentiment:")
+
+
+class _FedTokens:
+    """Counts the input tokens the model is run on (the work prefix reuse saves)."""
+
+    def __init__(self, model):
+        self.n = 0
+        self.handle = model.register_forward_pre_hook(self, with_kwargs=True)
+
+    def __call__(self, module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        self.n += ids.numel()
+
+
+def test_shared_prefix_is_computed_once_and_scores_equal_full_forward(local):
+    tok, model = local.tokenizer, local.model
+    inputs = ["Self-driving cars scare me", "A new lidar was announced today", "Best ride of my life!"]
+    prompts = [FEW_SHOT.format(x) for x in inputs for _ in range(3)]
+    conts = [" positive", " negative", " father-in-law"] * len(inputs)  # single- and multi-token labels
+    enc = [tok(p, add_special_tokens=False).input_ids for p in prompts]
+    n_shared = next(i for i in range(len(enc[0])) if len({tuple(e[: i + 1]) for e in enc}) > 1)
+    counter = _FedTokens(model)
+    try:
+        scores = local.score(prompts, conts)
+    finally:
+        counter.handle.remove()
+    for pi, c, s in zip(enc, conts, scores):
+        ci = tok(c, add_special_tokens=False).input_ids
+        assert s.logprob == pytest.approx(_manual_logprob(model, pi, ci), abs=1e-4)
+    # The shared prefix was fed once (not once per row): far fewer tokens than the full rows.
+    full = sum(len(pi) for pi in enc[::3]) + sum(len(pi) + 2 for pi in enc[2::3])
+    assert counter.n < full - 2 * n_shared
+    local.prefix_reuse = False
+    try:
+        assert [s.logprob for s in local.score(prompts, conts)] == pytest.approx(
+            [s.logprob for s in scores], abs=1e-4)
+    finally:
+        local.prefix_reuse = True
+
+
+def test_generation_over_a_shared_prefix_equals_generation_in_full(local):
+    prompts = [FEW_SHOT.format(x) for x in ("Self-driving cars scare me", "Best ride of my life!", "ok")]
+    cfg = GenerationConfig(max_new_tokens=6)
+    sampled = GenerationConfig(max_new_tokens=6, temperature=1.0, n=2, seed=3)
+    reused = [o[0].text for o in local.generate(prompts, cfg)]
+    reused_sampled = [c.text for c in local.generate(prompts, sampled)[1]]
+    local.prefix_reuse = False
+    try:
+        full = [local.generate([p], cfg)[0][0].text for p in prompts]
+        full_sampled = [c.text for c in local.generate(prompts[1:2], sampled)[0]]
+    finally:
+        local.prefix_reuse = True
+    assert reused == full
+    assert reused_sampled == full_sampled
+
+
 def test_batched_greedy_matches_single_prompt(local):
     prompts = ["Once upon a time", "The capital of France is", "def add(a, b):"]
     cfg = GenerationConfig(max_new_tokens=6)

@@ -34,16 +34,22 @@ class LocalLM(Backend):
         dtype: torch dtype of the weights (default float32).
         batch_size: rows per forward pass in ``generate``/``score``/``hidden_states``.
         model_obj / tokenizer: pass an already loaded model and tokenizer instead of loading ``model``.
+        prefix_reuse: compute the token prefix shared by all prompts of a ``generate``/``score`` call once
+            and feed only each prompt's remainder over a copy of its KV cache (the idea behind vLLM's
+            automatic prefix caching and SGLang's RadixAttention). Few-shot evaluation renders the same
+            instruction and exemplars before every example, so this removes most of the work; results
+            equal the full computation up to float rounding. ``False`` computes every prompt in full.
     """
 
     def __init__(self, model: str | Path | None = None, *, device: str = "cpu", dtype: Any = None,
                  batch_size: int = 8, model_obj: Any = None, tokenizer: Any = None,
-                 trust_remote_code: bool = False) -> None:
+                 trust_remote_code: bool = False, prefix_reuse: bool = True) -> None:
         import torch
         transformers = require("transformers", "hf")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         self.batch_size = batch_size
+        self.prefix_reuse = bool(prefix_reuse)
         self.device = torch.device(device)
         self.dtype = dtype or torch.float32
         if model_obj is not None:
@@ -103,15 +109,69 @@ class LocalLM(Backend):
                 mask[i, width - len(r):] = 1
         return ids.to(self.device), mask.to(self.device)
 
+    # -- shared prefix ----------------------------------------------------------------------------
+    def _prefix_len(self, rows: Sequence[Sequence[int]], cap: int) -> int:
+        """Length of the token prefix common to all ``rows`` (at most ``cap``); 0 when reuse is off."""
+        if not self.prefix_reuse or len(rows) < 1 or cap < 1:
+            return 0
+        first = rows[0]
+        n = min(cap, min(len(r) for r in rows))
+        for r in rows[1:]:
+            i = 0
+            while i < n and r[i] == first[i]:
+                i += 1
+            n = i
+            if n == 0:
+                break
+        return n
+
+    def _prefix_cache(self, prefix: list[int]) -> Any:
+        """KV cache of ``prefix`` (batch 1), or None for an empty prefix."""
+        import torch
+        if not prefix:
+            return None
+        out = self.model(input_ids=torch.tensor([prefix], device=self.device), use_cache=True)
+        return getattr(out, self._cache_kw)
+
+    @staticmethod
+    def _expanded(cache: Any, b: int) -> Any:
+        """A copy of a batch-1 cache repeated to batch ``b`` (the forward pass extends it in place)."""
+        import copy
+        if cache is None:
+            return None
+        c = copy.deepcopy(cache)
+        if b > 1:
+            c.batch_repeat_interleave(b)
+        return c
+
+    def _forward_after(self, rows: list[list[int]], n_prefix: int, cache: Any, use_cache: bool = False) -> Any:
+        """Forward of left-padded ``rows`` placed after a cached prefix of ``n_prefix`` tokens.
+
+        The attention mask covers prefix + padding + row, so padding sits between the prefix and each row
+        and is never attended; positions count only real tokens, hence equal those of the full sequence.
+        """
+        import torch
+        ids, mask = self._left_pad(rows)
+        if n_prefix:
+            mask = torch.cat([torch.ones((len(rows), n_prefix), dtype=mask.dtype, device=mask.device), mask], 1)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, n_prefix:]
+        return self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=use_cache or cache is not None,
+                          **{self._cache_kw: self._expanded(cache, len(rows))})
+
     # -- generation -------------------------------------------------------------------------------
     def generate(self, prompts: Sequence[str], config: GenerationConfig) -> list[list[Completion]]:
         rows = [(p, self._encode(p), j) for p in prompts for j in range(config.n)]
         for _p, ids, _ in rows:
             if not ids:
                 raise ValueError("cannot generate from an empty prompt; give at least one token of text")
+        import torch
+        # Each row keeps at least its last prompt token outside the prefix: its logits start the decoding.
+        n_prefix = self._prefix_len([r[1] for r in rows], cap=min(len(r[1]) for r in rows) - 1)
+        with torch.inference_mode():
+            cache = self._prefix_cache(rows[0][1][:n_prefix])
         out: list[Completion] = []
         for start in range(0, len(rows), self.batch_size):
-            out.extend(self._decode_batch(rows[start: start + self.batch_size], config))
+            out.extend(self._decode_batch(rows[start: start + self.batch_size], config, n_prefix, cache))
         return [out[i * config.n: (i + 1) * config.n] for i in range(len(prompts))]
 
     def chat(self, conversations: Sequence[tuple[tuple[str, str], ...]],
@@ -123,9 +183,9 @@ class LocalLM(Backend):
                  for conv in conversations]
         return self.generate(texts, config)
 
-    def _decode_batch(self, rows: list[tuple[str, list[int], int]], config: GenerationConfig) -> list[Completion]:
+    def _decode_batch(self, rows: list[tuple[str, list[int], int]], config: GenerationConfig,
+                      n_prefix: int = 0, prefix_cache: Any = None) -> list[Completion]:
         import torch
-        ids, mask = self._left_pad([r[1] for r in rows])
         b = len(rows)
         gens = None
         if not config.greedy:
@@ -138,16 +198,19 @@ class LocalLM(Backend):
         done = torch.zeros(b, dtype=torch.bool, device=self.device)
         new_tokens: list[list[int]] = [[] for _ in range(b)]
         finish = ["length"] * b
-        past = None
-        cur_ids, cur_mask = ids, mask
         with torch.inference_mode():
-            for _ in range(config.max_new_tokens):
-                pos = (cur_mask.cumsum(-1) - 1).clamp(min=0)
-                if past is not None:
-                    pos = pos[:, -1:]
-                out = self.model(input_ids=cur_ids, attention_mask=cur_mask, position_ids=pos,
-                                 use_cache=True, **{self._cache_kw: past})
-                past = getattr(out, self._cache_kw)
+            out = self._forward_after([r[1][n_prefix:] for r in rows], n_prefix, prefix_cache, use_cache=True)
+            past = getattr(out, self._cache_kw)
+            _, cur_mask = self._left_pad([r[1][n_prefix:] for r in rows])
+            if n_prefix:
+                cur_mask = torch.cat([torch.ones((b, n_prefix), dtype=cur_mask.dtype, device=self.device),
+                                      cur_mask], 1)
+            for step in range(config.max_new_tokens):
+                if step:
+                    pos = cur_mask.sum(-1, keepdim=True) - 1
+                    out = self.model(input_ids=cur_ids, attention_mask=cur_mask, position_ids=pos,
+                                     use_cache=True, **{self._cache_kw: past})
+                    past = getattr(out, self._cache_kw)
                 logits = out.logits[:, -1, :].float()
                 nxt = self._pick(logits, config, gens)
                 for i in range(b):
@@ -196,9 +259,11 @@ class LocalLM(Backend):
         """Sum of log p(continuation tokens | prompt).
 
         Prompt and continuation are tokenized separately (so the boundary is exact) and concatenated.
-        Continuations of the same prompt (class labels, typically) share one forward pass of the prompt:
-        single-token ones are read from its last position; when a prompt has several multi-token
-        continuations (" 10", " father-in-law"), its KV cache is reused for all of them in one batch.
+        One row is fed per distinct prompt for all its single-token continuations (class labels,
+        typically: read from its last position) and one row per multi-token continuation (prompt +
+        continuation minus its last token). With ``prefix_reuse`` the prefix common to all rows of the
+        call (instruction and exemplars; or the prompt itself when one prompt has many continuations) is
+        computed once and every row feeds only what follows it.
         """
         import torch
         pairs = []
@@ -207,82 +272,40 @@ class LocalLM(Backend):
             if not pi or not ci:
                 raise ValueError("score needs a non-empty prompt and a non-empty continuation")
             pairs.append((pi, ci))
+        # rows: (tokens fed, prompt length, [(pair index, continuation)]) — single-token ones grouped.
+        rows: list[tuple[list[int], int, list[int]]] = []
+        single: dict[tuple[int, ...], int] = {}
+        for i, (pi, ci) in enumerate(pairs):
+            if len(ci) == 1:
+                key = tuple(pi)
+                if key not in single:
+                    single[key] = len(rows)
+                    rows.append((pi, len(pi), []))
+                rows[single[key]][2].append(i)
+            else:
+                rows.append((pi + ci[:-1], len(pi), [i]))
+        # The prefix stops before each row's last prompt token, whose logits score the first continuation token.
+        n_prefix = self._prefix_len([r[0] for r in rows], cap=min(r[1] for r in rows) - 1)
         results: list[Score | None] = [None] * len(pairs)
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for i, (pi, _) in enumerate(pairs):
-            groups.setdefault(tuple(pi), []).append(i)
-        by_prompt: dict[tuple[int, ...], list[int]] = {}
-        general = []
+        order = sorted(range(len(rows)), key=lambda r: len(rows[r][0]))  # similar lengths pad little
         with torch.inference_mode():
-            for prompt_ids, members in groups.items():
-                multi = [i for i in members if len(pairs[i][1]) > 1]
-                if len(multi) >= 2:
-                    lps = self._score_shared_prompt(list(prompt_ids), [pairs[i][1] for i in members])
-                    for i, lp in zip(members, lps):
-                        results[i] = Score(lp, len(pairs[i][1]), len(prompt_ids))
-                    continue
-                general += multi
-                single = [i for i in members if len(pairs[i][1]) == 1]
-                if single:
-                    by_prompt[prompt_ids] = single
-            shared = list(by_prompt)
-            for rows, logp in self._last_logprobs([list(p) for p in shared]):
-                for r, lp in zip(rows, logp):
-                    for i in by_prompt[shared[r]]:
-                        results[i] = Score(float(lp[pairs[i][1][0]]), 1, len(pairs[i][0]))
-            # Sort by length so batches pad little; results are put back in order.
-            general.sort(key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
-            for start in range(0, len(general), self.batch_size):
-                idx = general[start: start + self.batch_size]
-                ids, mask = self._left_pad([pairs[i][0] + pairs[i][1] for i in idx])
-                logits = self._forward(ids, mask).logits
-                logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-                tok_lp = logp.gather(-1, ids[:, 1:, None])[..., 0]
-                width = ids.shape[1]
-                for row, i in enumerate(idx):
-                    n_c = len(pairs[i][1])
-                    results[i] = Score(tok_lp[row, width - 1 - n_c:].sum().item(), n_c, len(pairs[i][0]))
+            cache = self._prefix_cache(rows[0][0][:n_prefix])
+            for start in range(0, len(order), self.batch_size):
+                batch = [rows[r] for r in order[start: start + self.batch_size]]
+                k = max(len(pairs[m[0]][1]) if len(m) == 1 else 1 for _, _, m in batch)
+                logits = self._forward_after([r[0][n_prefix:] for r in batch], n_prefix, cache).logits
+                logp = torch.log_softmax(logits[:, -k:].float(), dim=-1)  # position -1 predicts the next token
+                for row, (_, n_p, members) in enumerate(batch):
+                    for i in members:
+                        c = pairs[i][1]
+                        # the last len(c) positions of the row predict c[0], ..., c[-1]
+                        lp = logp[row, k - len(c) + torch.arange(len(c)), torch.tensor(c)].sum().item()
+                        results[i] = Score(lp, len(c), n_p)
         return results  # type: ignore[return-value]
-
-    def _score_shared_prompt(self, prompt: list[int], conts: list[list[int]]) -> list[float]:
-        """log p(c | prompt) for each continuation from one prompt forward and one batched continuation
-        forward over the prompt's KV cache (repeated per continuation; right padding is never attended)."""
-        import torch
-        ids = torch.tensor([prompt], device=self.device)
-        out = self.model(input_ids=ids, use_cache=True)
-        first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
-        totals = [float(first[c[0]]) for c in conts]
-        width = max(len(c) for c in conts) - 1  # tokens fed after the prompt: each continuation minus its last
-        k, n = len(conts), len(prompt)
-        cache = out.past_key_values
-        cache.batch_repeat_interleave(k)
-        feed = torch.full((k, width), self.tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((k, n + width), dtype=torch.long)
-        mask[:, :n] = 1
-        for j, c in enumerate(conts):
-            feed[j, : len(c) - 1] = torch.tensor(c[:-1])
-            mask[j, n: n + len(c) - 1] = 1
-        pos = torch.arange(n, n + width).expand(k, width)
-        logits = self.model(input_ids=feed.to(self.device), attention_mask=mask.to(self.device),
-                            position_ids=pos.to(self.device), past_key_values=cache).logits
-        logp = torch.log_softmax(logits.float(), dim=-1)
-        for j, c in enumerate(conts):
-            totals[j] += sum(float(logp[j, t, c[t + 1]]) for t in range(len(c) - 1))
-        return totals
 
     def _forward(self, ids: Any, mask: Any, **kwargs: Any) -> Any:
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         return self.model(input_ids=ids, attention_mask=mask, position_ids=pos, **kwargs)
-
-    def _last_logprobs(self, seqs: list[list[int]]) -> Any:
-        """Yield (row indices, log-softmax at the last position) for batches of token sequences."""
-        import torch
-        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start: start + self.batch_size]
-            ids, mask = self._left_pad([seqs[i] for i in idx])
-            logits = self._forward(ids, mask).logits[:, -1, :].float()
-            yield idx, torch.log_softmax(logits, dim=-1).cpu()
 
     # -- white-box access -------------------------------------------------------------------------
     def hidden_states(self, texts: Sequence[str], layer: int = -1, pool: str = "last") -> Any:
