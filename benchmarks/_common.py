@@ -1,8 +1,13 @@
-"""Shared plumbing for the benchmark contract in DESIGN.md.
+"""Shared plumbing of the benchmark contract (docs/benchmarks.md, "How the benchmarks are run").
 
 Every benchmark module is run as ``python -m benchmarks.NAME [--quick] [--out DIR] [--seeds N]``; it writes
 ``DIR/NAME.json`` (all numbers, the machine, package versions, the command) plus PNG plots, and prints a
 one-line JSON summary as the last line of stdout. This module holds the parts they all share.
+
+Protocol: one benchmark at a time with nothing else heavy running. Every JSON records the load average
+before and after the run and the torch thread count, so a noisy measurement shows; :func:`grid_choice`
+flags a tuned hyper-parameter whose best value sits at the edge of its grid; :func:`tuning_and_report_seeds`
+keeps the seed used to choose hyper-parameters out of the reported seeds.
 """
 
 from __future__ import annotations
@@ -36,7 +41,38 @@ def parse_args(name: str, description: str, default_seeds: int = 3, argv: Sequen
         p.error("--seeds must be >= 1")
     args.name = name
     args.default_seeds = default_seeds
+    args.load_before = load_average()
     return args
+
+
+def load_average() -> list[float] | None:
+    """The 1/5/15-minute load averages (None where the OS has none)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):  # pragma: no cover - Windows
+        return None
+
+
+TUNING_SEED = 1000
+
+
+def tuning_and_report_seeds(n: int) -> tuple[int, list[int]]:
+    """The seed that chooses hyper-parameters and the ``n`` seeds that are reported (disjoint sets)."""
+    return TUNING_SEED, list(range(n))
+
+
+def grid_choice(scores: dict[Any, float], *, lower_is_better: bool = True) -> dict[str, Any]:
+    """The best grid value and whether it sits at an edge of the (sorted) grid.
+
+    An edge optimum means the grid may not contain the true optimum: the benchmark output flags it.
+    """
+    if not scores:
+        raise ValueError("grid_choice needs at least one (value, score) pair")
+    grid = sorted(scores)
+    best = (min if lower_is_better else max)(grid, key=lambda v: scores[v])
+    at_edge = len(grid) > 1 and best in (grid[0], grid[-1])
+    return {"best": best, "grid": grid, "at_edge": at_edge,
+            "edge": ("low" if best == grid[0] else "high") if at_edge else None}
 
 
 def machine_info() -> dict[str, Any]:
@@ -80,6 +116,7 @@ def write_result(args: argparse.Namespace, results: dict[str, Any], summary: dic
         "command": " ".join([sys.executable.split("/")[-1], "-m", f"benchmarks.{args.name}", *sys.argv[1:]]),
         "quick": bool(args.quick),
         "machine": machine_info(),
+        "load_average": {"before": getattr(args, "load_before", None), "after": load_average()},
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "results": results,
         "summary": summary,

@@ -89,6 +89,11 @@ class LocalLM(Backend):
 
         params = inspect.signature(self.model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        # Only the last positions' logits are ever read: skip the vocabulary projection elsewhere.
+        self._keep_kw = "logits_to_keep" if "logits_to_keep" in params else None
+
+    def _keep(self, n: int) -> dict[str, int]:
+        return {self._keep_kw: n} if self._keep_kw else {}
 
     # -- tokens -----------------------------------------------------------------------------------
     def count_tokens(self, text: str) -> int:
@@ -130,7 +135,7 @@ class LocalLM(Backend):
         import torch
         if not prefix:
             return None
-        out = self.model(input_ids=torch.tensor([prefix], device=self.device), use_cache=True)
+        out = self.model(input_ids=torch.tensor([prefix], device=self.device), use_cache=True, **self._keep(1))
         return getattr(out, self._cache_kw)
 
     @staticmethod
@@ -144,8 +149,10 @@ class LocalLM(Backend):
             c.batch_repeat_interleave(b)
         return c
 
-    def _forward_after(self, rows: list[list[int]], n_prefix: int, cache: Any, use_cache: bool = False) -> Any:
-        """Forward of left-padded ``rows`` placed after a cached prefix of ``n_prefix`` tokens.
+    def _forward_after(self, rows: list[list[int]], n_prefix: int, cache: Any, use_cache: bool = False,
+                       keep: int = 1) -> Any:
+        """Forward of left-padded ``rows`` placed after a cached prefix of ``n_prefix`` tokens; logits of the
+        last ``keep`` positions only.
 
         The attention mask covers prefix + padding + row, so padding sits between the prefix and each row
         and is never attended; positions count only real tokens, hence equal those of the full sequence.
@@ -156,7 +163,7 @@ class LocalLM(Backend):
             mask = torch.cat([torch.ones((len(rows), n_prefix), dtype=mask.dtype, device=mask.device), mask], 1)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, n_prefix:]
         return self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=use_cache or cache is not None,
-                          **{self._cache_kw: self._expanded(cache, len(rows))})
+                          **{self._cache_kw: self._expanded(cache, len(rows))}, **self._keep(keep))
 
     # -- generation -------------------------------------------------------------------------------
     def generate(self, prompts: Sequence[str], config: GenerationConfig) -> list[list[Completion]]:
@@ -209,7 +216,7 @@ class LocalLM(Backend):
                 if step:
                     pos = cur_mask.sum(-1, keepdim=True) - 1
                     out = self.model(input_ids=cur_ids, attention_mask=cur_mask, position_ids=pos,
-                                     use_cache=True, **{self._cache_kw: past})
+                                     use_cache=True, **{self._cache_kw: past}, **self._keep(1))
                     past = getattr(out, self._cache_kw)
                 logits = out.logits[:, -1, :].float()
                 nxt = self._pick(logits, config, gens)
@@ -293,7 +300,7 @@ class LocalLM(Backend):
             for start in range(0, len(order), self.batch_size):
                 batch = [rows[r] for r in order[start: start + self.batch_size]]
                 k = max(len(pairs[m[0]][1]) if len(m) == 1 else 1 for _, _, m in batch)
-                logits = self._forward_after([r[0][n_prefix:] for r in batch], n_prefix, cache).logits
+                logits = self._forward_after([r[0][n_prefix:] for r in batch], n_prefix, cache, keep=k).logits
                 logp = torch.log_softmax(logits[:, -k:].float(), dim=-1)  # position -1 predicts the next token
                 for row, (_, n_p, members) in enumerate(batch):
                     for i in members:
