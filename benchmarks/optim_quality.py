@@ -13,14 +13,11 @@ from __future__ import annotations
 
 import math
 import statistics
-import time
-from collections.abc import Callable
 from typing import Any
 
-import torch
-
 from benchmarks._common import median_spread, parse_args, save_plot, write_result
-from benchmarks._tinygpt import GPT, GPTConfig, evaluate, get_batch, tiny_setup
+from benchmarks._tinygpt import GPT, tiny_setup
+from lmopt.tinygpt import optimizers, train_run
 
 
 def _extra(p: Any) -> None:
@@ -28,102 +25,6 @@ def _extra(p: Any) -> None:
     p.add_argument("--only", default=None, help="comma-separated optimizer names to run (default: all)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (default 1: the model is tiny and the CPU shared; more threads only spin)")
-
-
-def _split_params(model: GPT) -> tuple[list[torch.nn.Parameter], list[torch.nn.Parameter]]:
-    hidden = [p for n, p in model.named_parameters() if p.ndim == 2 and n.startswith("blocks.")]
-    ids = {id(p) for p in hidden}
-    return hidden, [p for p in model.parameters() if id(p) not in ids]
-
-
-def _decay_groups(params: list[torch.nn.Parameter], wd: float) -> list[dict[str, Any]]:
-    mats = [p for p in params if p.ndim >= 2]
-    vecs = [p for p in params if p.ndim < 2]
-    return [g for g in (dict(params=mats, weight_decay=wd), dict(params=vecs, weight_decay=0.0)) if g["params"]]
-
-
-def optimizers() -> dict[str, tuple[list[float], Callable[[GPT, float], torch.optim.Optimizer]]]:
-    """name → (LR grid, factory(model, lr)). Grids start around each method's recommended setting and were
-    widened where a first full run found the best LR at the grid's edge."""
-    from lmopt import optim as lo
-
-    def adamw(m: GPT, lr: float) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(_decay_groups(list(m.parameters()), 0.1), lr=lr, betas=(0.9, 0.95))
-
-    def lion(m: GPT, lr: float) -> torch.optim.Optimizer:  # lr 3-10x smaller, wd 3-10x larger than AdamW
-        return lo.Lion(_decay_groups(list(m.parameters()), 1.0), lr=lr, betas=(0.9, 0.99), impl="reference")
-
-    def adabelief(m: GPT, lr: float) -> torch.optim.Optimizer:
-        return lo.AdaBelief(_decay_groups(list(m.parameters()), 0.1), lr=lr, betas=(0.9, 0.95), eps=1e-16,
-                            impl="reference")
-
-    def exadam(m: GPT, lr: float) -> torch.optim.Optimizer:
-        return lo.EXAdam(_decay_groups(list(m.parameters()), 0.1), lr=lr, betas=(0.9, 0.95), impl="reference")
-
-    def apollo(m: GPT, lr: float, mini: bool = False) -> torch.optim.Optimizer:
-        hidden, rest = _split_params(m)
-        cls = lo.APOLLOMini if mini else lo.APOLLO
-        kw = {} if mini else dict(rank=0.25)
-        return cls([dict(params=hidden, weight_decay=0.1, update_proj_gap=50, **kw),
-                    *[dict(g, apollo=False) for g in _decay_groups(rest, 0.0)]], lr=lr, betas=(0.9, 0.95),
-                   impl="reference")
-
-    def muon(m: GPT, lr: float) -> torch.optim.Optimizer:
-        hidden, rest = _split_params(m)
-        return lo.Muon([dict(params=hidden, use_muon=True, weight_decay=0.1),
-                        dict(params=rest, use_muon=False, lr=lr * 0.15, weight_decay=0.0)], lr=lr,
-                       adamw_betas=(0.9, 0.95), impl="reference")
-
-    def soap(m: GPT, lr: float) -> torch.optim.Optimizer:
-        return lo.SOAP(_decay_groups(list(m.parameters()), 0.1), lr=lr, betas=(0.95, 0.95), impl="reference")
-
-    return {
-        "AdamW": ([1e-3, 3e-3, 1e-2], adamw),
-        "Lion": ([1e-4, 3e-4, 1e-3], lion),
-        "AdaBelief": ([1e-3, 3e-3, 1e-2], adabelief),
-        "EXAdam": ([3e-4, 1e-3, 3e-3], exadam),
-        "APOLLO": ([3e-3, 1e-2, 3e-2], apollo),
-        "APOLLO-Mini": ([1e-3, 3e-3, 1e-2, 3e-2], lambda m, lr: apollo(m, lr, mini=True)),
-        "Muon": ([0.02, 0.05, 0.1], muon),
-        "SOAP": ([3e-3, 1e-2, 3e-2], soap),
-    }
-
-
-def _lr_factor(step: int, total: int, warmup: int) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    prog = (step - warmup) / max(1, total - warmup)
-    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * prog))  # cosine to 10% of the peak
-
-
-def train_run(make: Callable[[GPT, float], torch.optim.Optimizer], lr: float, seed: int, steps: int,
-              corpus: Any, cfg: GPTConfig, batch: int, eval_every: int, eval_batches: int) -> dict[str, Any]:
-    model = GPT(cfg, seed=seed)
-    opt = make(model, lr)
-    base = [g["lr"] for g in opt.param_groups]
-    gen = torch.Generator().manual_seed(10_000 + seed)
-    warmup = max(1, steps // 10)
-    curve: list[tuple[int, float]] = []
-    train_losses: list[float] = []
-    t0 = time.perf_counter()
-    for step in range(steps):
-        f = _lr_factor(step, steps, warmup)
-        for g, b in zip(opt.param_groups, base):
-            g["lr"] = b * f
-        x, y = get_batch(corpus.train, batch, cfg.block_size, gen)
-        loss = model(x, y)
-        if not torch.isfinite(loss):
-            return dict(lr=lr, seed=seed, diverged=True, final_val=float("inf"), curve=curve,
-                        train=train_losses)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        train_losses.append(float(loss.detach()))
-        if (step + 1) % eval_every == 0 or step + 1 == steps:
-            curve.append((step + 1, evaluate(model, corpus.val, batch, eval_batches)))
-    final = curve[-1][1]
-    return dict(lr=lr, seed=seed, diverged=not math.isfinite(final), final_val=final, curve=curve,
-                train=train_losses, seconds=time.perf_counter() - t0)
 
 
 def steps_to_reach(curve: list[tuple[int, float]], target: float) -> int | None:

@@ -24,6 +24,8 @@ from .recipe import RecipeError, load_recipe, recipe_id, validate_evaluate
 KINDS: dict[str, tuple[str, str, str | None]] = {
     "evaluate": ("lmopt.runner", "run_evaluate", "plot_evaluate"),
     "prompt": ("lmopt.prompt.recipe", "run_prompt_recipe", "plot_prompt_results"),
+    "prompt_compare": ("lmopt.prompt.recipe", "run_prompt_compare", "plot_prompt_compare"),
+    "optim": ("lmopt.optim_recipe", "run_optim_recipe", "plot_optim_results"),
 }
 
 
@@ -159,7 +161,7 @@ def _report(cfg: dict[str, Any], results: dict[str, Any], plots: list[str]) -> s
     return "\n".join(lines) + "\n"
 
 
-DEMO_RECIPES = ("demo.yaml", "demo_prompt.yaml")
+DEMO_RECIPES = ("demo_optim.yaml", "demo_prompt.yaml")
 
 
 def demo_recipes() -> list[Path]:

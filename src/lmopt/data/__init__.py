@@ -6,6 +6,7 @@ from .loaders import (
     available_tasks,
     load_gsm8k,
     load_hf_task,
+    load_letter_task,
     load_reasoning_gym,
     load_task,
     load_tweets,
@@ -15,5 +16,6 @@ from .loaders import (
 from .task import Example, Splits, Task, exact_match, first_line
 
 __all__ = ["Example", "Splits", "Task", "exact_match", "first_line", "REASONING_GYM_TASKS", "TWEET_LABELS",
-           "available_tasks", "load_gsm8k", "load_hf_task", "load_reasoning_gym", "load_task", "load_tweets",
+           "available_tasks", "load_gsm8k", "load_hf_task", "load_letter_task", "load_reasoning_gym",
+           "load_task", "load_tweets",
            "parse_last_number", "shakespeare_text"]

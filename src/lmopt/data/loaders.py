@@ -1,6 +1,7 @@
 """Loaders for the embedded tasks and for Hugging Face ``datasets``.
 
 Embedded (offline) tasks: ``tweets`` (3-class sentiment), ``gsm8k`` (grade-school maths, final number),
+``first_letter`` / ``last_letter`` (26-way, words of the Shakespeare plays),
 and reasoning-gym generators (``arithmetic``, ``chain_sum``, ``letter_counting``, ``spell_backward``,
 ``leg_counting`` or any ``rg:<generator>``). ``shakespeare_text()`` returns the pretraining corpus.
 """
@@ -226,6 +227,40 @@ def load_hf_task(dataset: str, input_field: str, target_field: str, split: str =
     return Task(name=f"hf:{dataset}", examples=examples, labels=labels, **task_kwargs)
 
 
+LETTERS = tuple("abcdefghijklmnopqrstuvwxyz")
+
+
+def load_letter_task(position: str = "first", size: int = 400, seed: int = 0, min_len: int = 4) -> Task:
+    """Name the first (or last) letter of a word: distinct lowercase words of the embedded Shakespeare plays.
+
+    A 26-label classification task scored by label log-probability. Which exemplars the prompt shows sets
+    the answer format and the letter prior, so for a small model exemplar selection moves accuracy a lot
+    (SmolLM2-135M on ``last``: 0.0 zero-shot, roughly 0.05-0.4 across random 4-shot sets): a task on which
+    prompt optimisers can be told apart. Tasks ``first_letter`` and ``last_letter``.
+    """
+    if position not in ("first", "last"):
+        raise ValueError(f"position must be 'first' or 'last', got {position!r}")
+    for name, v in (("size", size), ("min_len", min_len)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"{name} must be a positive int, got {v!r}")
+    words = sorted(set(re.findall(rf"\b[a-z]{{{min_len},12}}\b", shakespeare_text())))
+    if len(words) < size:
+        raise ValueError(f"only {len(words)} distinct words of at least {min_len} letters; lower size={size}")
+    chosen = random.Random(f"{position}_letter:{seed}").sample(words, size)
+    at = 0 if position == "first" else -1
+    return Task(
+        name=f"{position}_letter",
+        examples=[Example(w, w[at]) for w in chosen],
+        labels=LETTERS,
+        instruction=f"Write the {position} letter of each word.",
+        template="{instruction}\n{exemplars}{input} ->",
+        exemplar_template="{input} -> {target}\n",
+        max_new_tokens=3,
+        description=f"{position} letter of {size} Shakespeare words (seed {seed})",
+        parser=_first_word,
+    )
+
+
 def shakespeare_text(max_chars: int | None = None) -> str:
     """The embedded Shakespeare corpus (38 plays, Markdown stripped of headers), plays in sorted order."""
     root = asset_path("shakespeare")
@@ -239,7 +274,11 @@ def shakespeare_text(max_chars: int | None = None) -> str:
     return text[:max_chars] if max_chars else text
 
 
-_LOADERS: dict[str, Callable[..., Task]] = {"tweets": load_tweets, "gsm8k": load_gsm8k}
+_LOADERS: dict[str, Callable[..., Task]] = {
+    "tweets": load_tweets, "gsm8k": load_gsm8k,
+    "first_letter": lambda **kw: load_letter_task("first", **kw),
+    "last_letter": lambda **kw: load_letter_task("last", **kw),
+}
 
 
 def load_task(name: str, **kwargs: Any) -> Task:

@@ -49,8 +49,9 @@ class LM:
         meter: share one :class:`UsageMeter` between several LMs (e.g. task and optimizer models) so
             that a total budget covers both; default: a new meter with ``budget``.
         recorder: receives every answered call (cache hits included) for later replay.
-        chunk_size: uncached requests go to the backend in chunks of this many; each chunk is charged,
-            cached and recorded before the next, so a failure late in a long batch loses little.
+        chunk_size: uncached requests go to the backend in chunks of this many (for ``score``: this many
+            distinct prompts, with all their continuations); each chunk is charged, cached and recorded
+            before the next, so a failure late in a long batch loses little.
     """
 
     def __init__(self, backend: Backend, *, cache: CallStore | None = None, budget: Budget | None = None,
@@ -168,7 +169,7 @@ class LM:
                 todo[k] = i
         n_hits = sum(o is not None for o in out)
         fresh: dict[str, Score] = {}
-        for idx in _chunks(list(todo.values()), self.chunk_size):
+        for idx in _prompt_chunks(list(todo.values()), ps, self.chunk_size):
             est = sum(self.backend.count_tokens(ps[i]) + self.backend.count_tokens(cs[i]) for i in idx)
             self.meter.check(role, len(idx), est, 0)
             scores = self.backend.score([ps[i] for i in idx], [cs[i] for i in idx])
@@ -216,6 +217,16 @@ class LM:
 
 def _chunks(items: list[int], size: int) -> list[list[int]]:
     return [items[i: i + size] for i in range(0, len(items), size)]
+
+
+def _prompt_chunks(items: list[int], prompts: list[str], size: int) -> list[list[int]]:
+    """Chunks of at most ``size`` distinct prompts, all continuations of a prompt in the same chunk (a
+    backend scores them together, and prefix reuse shares more within one call)."""
+    by_prompt: dict[str, list[int]] = {}
+    for i in items:
+        by_prompt.setdefault(prompts[i], []).append(i)
+    groups = list(by_prompt.values())
+    return [[i for g in groups[k: k + size] for i in g] for k in range(0, len(groups), size)]
 
 
 def _check_role(role: str) -> None:

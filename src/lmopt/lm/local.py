@@ -162,7 +162,8 @@ class LocalLM(Backend):
         if n_prefix:
             mask = torch.cat([torch.ones((len(rows), n_prefix), dtype=mask.dtype, device=mask.device), mask], 1)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, n_prefix:]
-        return self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=use_cache or cache is not None,
+        return self.model(input_ids=ids, attention_mask=mask, position_ids=pos,
+                          use_cache=use_cache or cache is not None,
                           **{self._cache_kw: self._expanded(cache, len(rows))}, **self._keep(keep))
 
     # -- generation -------------------------------------------------------------------------------
@@ -212,6 +213,7 @@ class LocalLM(Backend):
             if n_prefix:
                 cur_mask = torch.cat([torch.ones((b, n_prefix), dtype=cur_mask.dtype, device=self.device),
                                       cur_mask], 1)
+            cur_ids = None  # after the first step: the token just chosen per row
             for step in range(config.max_new_tokens):
                 if step:
                     pos = cur_mask.sum(-1, keepdim=True) - 1

@@ -166,3 +166,169 @@ def plot_prompt_results(results: dict[str, Any], run_dir: Path) -> list[Path]:
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return [path]
+
+
+# -- kind: prompt_compare ---------------------------------------------------------------------------------
+class PromptCompareRecipe(_Strict):
+    """Several prompt optimisers on one task, each over several seeds, at the same evaluation budget."""
+
+    name: str
+    kind: Literal["prompt_compare"]
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    optimizer_model: ModelSpec | None = None
+    cache: bool = True
+    budget: dict[str, Any] = Field(default_factory=lambda: {"evaluations": 40})
+    task: TaskSpec
+    methods: list[MethodSpec] = Field(min_length=1)
+    eval: EvalSpec = Field(default_factory=EvalSpec)
+
+    _budget = field_validator("budget")(PromptRecipe._budget.__func__)
+
+    @field_validator("seeds")
+    @classmethod
+    def _unique_seeds(cls, v: list[int]) -> list[int]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"seeds must be distinct, got {v}")
+        return v
+
+    @field_validator("methods")
+    @classmethod
+    def _unique_methods(cls, v: list[MethodSpec]) -> list[MethodSpec]:
+        names = [m.name for m in v]
+        if len(set(names)) != len(names):
+            raise ValueError(f"method names must be unique, got {names}")
+        return v
+
+
+def validate_prompt_compare(cfg: dict[str, Any], source: str = "recipe") -> PromptCompareRecipe:
+    try:
+        r = PromptCompareRecipe.model_validate(cfg)
+    except (ValidationError, ValueError, TypeError) as exc:
+        msg = _pretty(exc) if isinstance(exc, ValidationError) else f"  - {exc}"
+        raise RecipeError(f"{source} is invalid:\n{msg}") from None
+    if r.task.split.n_val < 1:
+        raise RecipeError(f"{source} is invalid:\n  - task.split.n_val: prompt optimisation needs a validation "
+                          "split; set n_val >= 1")
+    return r
+
+
+def run_prompt_compare(cfg: dict[str, Any], run_dir: Path, progress: Any = None) -> dict[str, Any]:
+    """Run every (method, seed) into ``run_dir/<method>-seed<k>/`` (each resumable, with its own usage)."""
+    import statistics
+
+    from ..data import load_task
+    from ..lm.factory import make_lm
+    from . import METHODS
+    from .base import PromptBudget
+
+    r = validate_prompt_compare(cfg)
+    methods = {}
+    for spec in r.methods:
+        try:
+            methods[spec.name] = METHODS[spec.name](**spec.params)
+        except (TypeError, ValueError) as exc:
+            raise RecipeError(f"recipe is invalid:\n  - methods.{spec.name}.params: {exc}") from None
+    task = load_task(r.task.name, **r.task.kwargs)
+    sp = r.task.split
+    splits = task.split(sp.seed, sp.n_train, sp.n_val, sp.n_test)
+    evals = PromptBudget.from_any(r.budget).evaluations
+    bar = progress.add_task("loading model", total=len(methods) * len(r.seeds) * evals) if progress else None
+    lm = make_lm(r.model.model_dump(), cache=r.cache)
+    opt_lm = make_lm(r.optimizer_model.model_dump(), cache=r.cache) if r.optimizer_model else None
+    rows = []
+    for k, (name, method) in enumerate(methods.items()):
+        runs = []
+        for j, seed in enumerate(r.seeds):
+            offset = (k * len(r.seeds) + j) * evals
+
+            def tick(done: int, total: int, message: str, offset: int = offset, seed: int = seed) -> None:
+                if progress is not None:
+                    progress.update(bar, completed=offset + done, description=f"seed {seed} {message}"[:70])
+
+            sub = run_dir / f"{name}-seed{seed}"
+            sub.mkdir(parents=True, exist_ok=True)
+            res = method.run(task, lm, r.budget, optimizer_lm=opt_lm, seed=seed, splits=splits,
+                             checkpoint_dir=sub, progress=tick, eval_mode=r.eval.mode, chat=r.eval.chat)
+            runs.append({"seed": seed, "val": res.val_score, "test": res.test_score,
+                         "seed_prompt_test": res.seed_test_score, "best_prompt": res.best_prompt.to_dict(),
+                         "n_evaluations": res.n_evaluations, "stop_reason": res.stop_reason,
+                         "usage": res.usage["total"], "wall_time_s": res.wall_time_s})
+        tests = [x["test"] for x in runs if x["test"] is not None]
+        rows.append({"method": name, "paper": method.paper, "runs": runs,
+                     "test_median": statistics.median(tests) if tests else None,
+                     "test_min": min(tests, default=None), "test_max": max(tests, default=None),
+                     "val_median": statistics.median(x["val"] for x in runs)})
+    seed_test = rows[0]["runs"][0]["seed_prompt_test"]
+    for row in rows:
+        row["wins_vs_seed_prompt"] = sum(x["test"] is not None and x["test"] > seed_test for x in row["runs"])
+        row["beyond_seed_spread"] = row["test_min"] is not None and row["test_min"] > seed_test
+    results = {"kind": "prompt_compare", "name": r.name, "model": lm.name, "task": task.name, "seeds": r.seeds,
+               "evaluations": evals, "seed_prompt": {"instruction": task.instruction, "test": seed_test},
+               "split": {"n_train": len(splits.train), "n_val": len(splits.validation), "n_test": len(splits.test)},
+               "chance": 1 / len(task.labels) if task.labels else None, "rows": rows}
+    _write_compare_report(results, run_dir)
+    return results
+
+
+def _write_compare_report(res: dict[str, Any], run_dir: Path) -> None:
+    from .._io import write_text_atomic
+
+    sp, seed_test = res["split"], res["seed_prompt"]["test"]
+    lines = [f"# {res['name']}", "",
+             f"Task `{res['task']}` with model `{res['model']}`: each method searches prompts with "
+             f"{res['evaluations']} validation evaluations ({sp['n_val']} examples) per run, seeds {res['seeds']}; "
+             f"the best prompt found is scored on {sp['n_test']} held-out test examples.", "",
+             "| prompt | test accuracy, median (min–max) over seeds | validation (median) | beats the seed prompt |",
+             "|---|---|---|---|",
+             f"| seed prompt (\"{res['seed_prompt']['instruction']}\", no exemplars) | {seed_test:.3f} | | |"]
+    for row in res["rows"]:
+        lines.append(f"| {row['method']} | {row['test_median']:.3f} ({row['test_min']:.3f}–{row['test_max']:.3f}) "
+                     f"| {row['val_median']:.3f} | {row['wins_vs_seed_prompt']}/{len(row['runs'])} seeds |")
+    if res.get("chance"):
+        lines += ["", f"Chance level: {res['chance']:.3f}."]
+    lines += [""]
+    for row in res["rows"]:
+        verdict = "beats" if row["beyond_seed_spread"] else "does not reliably beat"
+        lines.append(f"- {row['method']} {verdict} the seed prompt on held-out data: its worst seed scores "
+                     f"{row['test_min']:.3f} against {seed_test:.3f}.")
+    if len(res["rows"]) > 1:
+        a, b = res["rows"][0], res["rows"][1]
+        paired = [(x["test"] or 0) - (y["test"] or 0) for x, y in zip(b["runs"], a["runs"])]
+        lines.append(f"- {b['method']} − {a['method']} per seed (same seed, same budget): "
+                     f"{', '.join(f'{d:+.3f}' for d in paired)}; a difference of one test example is "
+                     f"{1 / sp['n_test']:.3f}.")
+    lines += ["", "## Best prompts", ""]
+    for row in res["rows"]:
+        for x in row["runs"]:
+            ex = "; ".join(f"{e['input']} -> {e['target']}" for e in x["best_prompt"]["exemplars"])
+            lines.append(f"- {row['method']} seed {x['seed']} (test {x['test']:.3f}): {ex or '(no exemplars)'}")
+    lines += ["", "![test accuracy](prompt_compare.png)", ""]
+    write_text_atomic(run_dir / "report.md", "\n".join(lines))
+
+
+def plot_prompt_compare(results: dict[str, Any], run_dir: Path) -> list[Path]:
+    """``prompt_compare.png``: test accuracy per seed and method, with the seed prompt and chance drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    names = [row["method"] for row in results["rows"]]
+    for i, row in enumerate(results["rows"]):
+        tests = [x["test"] for x in row["runs"]]
+        ax.bar(i, row["test_median"], color="#4472c4", alpha=0.6)
+        ax.scatter([i] * len(tests), tests, color="black", s=14, zorder=3, label="one seed" if i == 0 else None)
+    ax.axhline(results["seed_prompt"]["test"], color="#c00000", ls="--", label="seed prompt")
+    if results.get("chance"):
+        ax.axhline(results["chance"], color="gray", ls=":", label="chance")
+    ax.set_xticks(range(len(names)), names)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel(f"test accuracy (n={results['split']['n_test']})")
+    ax.set_title(f"{results['task']}: best prompt found, {results['evaluations']} evaluations", fontsize=9)
+    ax.legend(fontsize=8)
+    path = Path(run_dir) / "prompt_compare.png"
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return [path]
