@@ -77,9 +77,11 @@ def run_evaluate(cfg: dict[str, Any], run_dir: Path, progress: Progress) -> dict
     sp = r.task.split
     splits = task.split(sp.seed, sp.n_train, sp.n_val, sp.n_test)
     ckpt_path = run_dir / "checkpoint.json"
-    done: dict[str, Any] = read_json(ckpt_path, {}).get("prompts", {})
+    saved = read_json(ckpt_path, {})
+    done: dict[str, Any] = saved.get("prompts", {})
     bar = progress.add_task("loading model", total=len(r.prompts))
     lm = make_lm(r.model.model_dump(), cache=r.cache, budget=r.budget or None)
+    lm.meter.load_state_dict(saved.get("usage", {}))  # a resumed run continues the budget already spent
     import random
 
     rng = random.Random(r.seed)
@@ -107,7 +109,7 @@ def run_evaluate(cfg: dict[str, Any], run_dir: Path, progress: Progress) -> dict
         }
         rows.append(row)
         done[ps.name] = row
-        write_json_atomic(ckpt_path, {"prompts": done})
+        write_json_atomic(ckpt_path, {"prompts": done, "usage": lm.meter.state_dict()})
         progress.advance(bar)
     return {"kind": "evaluate", "name": r.name, "model": lm.name, "task": task.name, "n_test": len(splits.test),
             "prompts": rows, "usage": lm.usage()}

@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from lmopt import runner
 from lmopt.cli import app
-from lmopt.lm import LM, ScriptedBackend
+from lmopt.lm import LM, Budget, ScriptedBackend
 from lmopt.recipe import RecipeError, load_recipe, recipe_id
 
 RECIPE = {
@@ -23,7 +23,7 @@ def scripted(monkeypatch):
     backend = ScriptedBackend(lambda p, c, j: "", score_fn=lambda p, c: -1.0 if "positive" in c else -2.0)
 
     def fake_make_lm(spec, cache=True, budget=None, meter=None):
-        return LM(backend)
+        return LM(backend, budget=Budget.from_dict(budget) if budget else None)
 
     monkeypatch.setattr("lmopt.lm.factory.make_lm", fake_make_lm)
     return backend
@@ -96,9 +96,36 @@ def test_cli_run_and_error_exit_codes(tmp_path, scripted):
 
 
 def test_packaged_demo_recipes_are_valid():
-    from lmopt.prompt.recipe import validate_prompt_recipe
-    from lmopt.recipe import validate_evaluate
+    from lmopt.optim_recipe import validate_optim_recipe
+    from lmopt.prompt.recipe import validate_prompt_compare
 
-    evaluate, prompt = (load_recipe(p) for p in runner.demo_recipes())
-    assert validate_evaluate(evaluate).task.name == "tweets"
-    assert validate_prompt_recipe(prompt).method.name == "ease"
+    optim, prompt = (load_recipe(p) for p in runner.demo_recipes())
+    assert [o.name for o in validate_optim_recipe(optim).optimizers] == ["AdamW", "Muon"]
+    compare = validate_prompt_compare(prompt)
+    assert compare.task.name == "last_letter" and [m.name for m in compare.methods] == ["random", "ease"]
+
+
+def test_resumed_evaluate_run_keeps_the_usage_of_the_interrupted_one(tmp_path, scripted, monkeypatch):
+    score = scripted.score
+
+    def dies_on_the_second_prompt(prompts, conts):
+        if scripted.calls >= 12 * 3:
+            raise KeyboardInterrupt
+        return score(prompts, conts)
+
+    monkeypatch.setattr(scripted, "score", dies_on_the_second_prompt)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_recipe(RECIPE, tmp_path)
+    monkeypatch.setattr(scripted, "score", score)
+    resumed = json.loads((runner.run_recipe(RECIPE, tmp_path) / "results.json").read_text())["usage"]["total"]
+    assert scripted.calls == resumed["calls"] == 2 * 12 * 3  # the first prompt's calls were not forgotten
+
+
+def test_resumed_evaluate_run_is_held_to_the_budget_already_spent(tmp_path, scripted):
+    cfg = {**RECIPE, "budget": {"task": {"calls": 2 * 12 * 3 - 1}}}
+    run_dir = tmp_path / recipe_id(cfg)
+    with pytest.raises(Exception, match="budget"):
+        runner.run_recipe(cfg, tmp_path)  # the second prompt would exceed the limit
+    assert list(json.loads((run_dir / "checkpoint.json").read_text())["prompts"]) == ["zero"]
+    with pytest.raises(Exception, match="budget"):  # a fresh process must not get a fresh budget
+        runner.run_recipe(cfg, tmp_path)
