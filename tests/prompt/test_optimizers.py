@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from lmopt.lm import LM, Budget
+from lmopt.lm import LM, Budget, ScriptedBackend
+from lmopt.prompt.features import HashingEmbedder
 from lmopt.prompt import (
     APE,
     EASE,
@@ -112,12 +113,34 @@ def test_resume_after_interruption_matches_uninterrupted(name, tmp_path):
     # nothing answered before the interruption is asked again: both sessions together cost the
     # uninterrupted run's calls plus the one batch that was cut (at most the 20 test examples x 2 labels)
     assert first < total_calls and toy.backend.calls <= total_calls + 40
+    # the usage of the interrupted session is restored (else the resumed run would get a fresh LM budget)
+    assert ref.usage["total"]["calls"] <= res.usage["total"]["calls"] <= ref.usage["total"]["calls"] + 40
     before = toy.backend.calls
     again = _methods()[name]().run(task, LM(toy.backend), budget=7, split=SPLIT, seed=1, checkpoint_dir=tmp_path)
     assert toy.backend.calls == before  # a finished run costs zero LM calls
     assert again.to_dict() == res.to_dict()
     with pytest.raises(ValueError, match="different run"):
         _methods()[name]().run(task, LM(toy.backend), budget=9, split=SPLIT, seed=1, checkpoint_dir=tmp_path)
+
+
+def test_a_finished_run_is_not_returned_for_another_judge_hyper_parameter_or_embedder(tmp_path):
+    task = make_task()
+    toy = ToyLM(task)
+    SPO().run(task, LM(toy.backend), budget=3, split=SPLIT, seed=0, checkpoint_dir=tmp_path / "spo")
+    other_judge = LM(ScriptedBackend(lambda p, c, j: "<answer>A</answer>", name="another-judge"))
+    with pytest.raises(ValueError, match=r"judge_lm differ\); to start a fresh run pass another checkpoint_dir"):
+        SPO().run(task, LM(toy.backend), budget=3, split=SPLIT, seed=0, judge_lm=other_judge,
+                  checkpoint_dir=tmp_path / "spo")
+    with pytest.raises(ValueError, match=r"\(hparams differ"):
+        SPO(n_judgements=2).run(task, LM(toy.backend), budget=3, split=SPLIT, seed=0, checkpoint_dir=tmp_path / "spo")
+    EASE(embedder="hash", n_initial=2).run(task, LM(toy.backend), budget=3, split=SPLIT, checkpoint_dir=tmp_path / "e")
+    with pytest.raises(ValueError, match=r"\(hparams differ"):
+        EASE(embedder=HashingEmbedder(dim=64), n_initial=2).run(task, LM(toy.backend), budget=3, split=SPLIT,
+                                                                  checkpoint_dir=tmp_path / "e")
+    shifted = task.split(seed=5, n_train=SPLIT["n_train"], n_val=SPLIT["n_val"], n_test=SPLIT["n_test"])
+    with pytest.raises(ValueError, match=r"\(splits differ"):
+        EASE(embedder="hash", n_initial=2).run(task, LM(toy.backend), budget=3, splits=shifted,
+                                               checkpoint_dir=tmp_path / "e")
 
 
 def test_rerun_with_cache_costs_zero_calls(tmp_path):

@@ -321,8 +321,15 @@ class RunContext:
             self._progress(self.evaluations_used, self.budget.evaluations, message)
 
 
-def _fingerprint(d: dict[str, Any]) -> str:
+def _fingerprint(d: Any) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _task_identity(task: Task) -> dict[str, Any]:
+    """Name, prompt format and label set of a task (its examples enter through the splits)."""
+    return {"name": task.name, "instruction": task.instruction, "template": task.template,
+            "exemplar_template": task.exemplar_template, "labels": list(task.labels or ()),
+            "max_new_tokens": task.max_new_tokens}
 
 
 class Optimizer:
@@ -393,19 +400,23 @@ class Optimizer:
             return wrapped[id(x)]
 
         run_lm, run_opt, run_judge = wrap(lm), wrap(optimizer_lm), wrap(judge_lm)
-        meta = {"version": CHECKPOINT_VERSION, "method": self.name, "hparams": self.hparams, "task": task.name,
-                "seed": seed, "budget": pbudget.to_dict(), "seed_prompt": seed_prompt.to_dict(),
-                "splits": [len(splits.train), len(splits.validation), len(splits.test)],
-                "val": _fingerprint([e.input for e in splits.validation]), "lm": lm.name,
-                "optimizer_lm": optimizer_lm.name, "eval_mode": eval_mode, "chat": chat}
+        # The run's identity: everything that changes its result. A checkpoint of another identity is refused.
+        meta = {"version": CHECKPOINT_VERSION, "method": self.name, "hparams": self.hparams, "seed": seed,
+                "budget": pbudget.to_dict(), "seed_prompt": seed_prompt.to_dict(), "task": _task_identity(task),
+                "splits": {name: _fingerprint([(e.input, e.target) for e in part]) for name, part in
+                           (("train", splits.train), ("validation", splits.validation), ("test", splits.test))},
+                "lm": lm.name, "optimizer_lm": optimizer_lm.name, "judge_lm": judge_lm.name,
+                "eval_mode": eval_mode, "chat": chat, "evaluate_test": evaluate_test}
         fp = _fingerprint(meta)
         ckpt = Path(checkpoint_dir) / "checkpoint.json" if checkpoint_dir is not None else None
         state: dict[str, Any] = {"fingerprint": fp, "meta": meta, "journal": {}, "usage": {}}
         if ckpt is not None and ckpt.exists():
             saved = read_json(ckpt)
             if saved.get("fingerprint") != fp:
-                raise ValueError(f"{ckpt} belongs to a different run (method, task, seed, budget, splits or "
-                                 "hyper-parameters differ); use another checkpoint_dir or delete it")
+                old = saved.get("meta") or {}
+                differ = sorted(k for k in {*old, *meta} if _fingerprint(old.get(k)) != _fingerprint(meta.get(k)))
+                raise ValueError(f"{ckpt} belongs to a different run ({', '.join(differ) or 'fingerprint'} "
+                                 "differ); to start a fresh run pass another checkpoint_dir or delete that file")
             if saved.get("result") is not None:
                 return PromptOptimizationResult.from_dict(saved["result"])
             state = saved

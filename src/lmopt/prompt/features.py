@@ -47,6 +47,23 @@ class HashingEmbedder:
     __call__ = encode
 
 
+def embedder_identity(spec: str | EmbedFn | Any | None) -> str:
+    """What identifies an embedder in a run's fingerprint: its model name where it has one (``.name``), the
+    hashing dimension, or the callable's qualified name (give a custom embedder a ``name`` to be exact)."""
+    if spec is None or spec == "minilm":
+        return "minilm:embedded:all-MiniLM-L6-v2"
+    if isinstance(spec, str):
+        return spec
+    if isinstance(spec, HashingEmbedder):
+        return f"hash:{spec.dim}"
+    kind = f"{type(spec).__module__}.{type(spec).__qualname__}"
+    if getattr(spec, "name", None):
+        return f"{kind}:{spec.name}"
+    if callable(spec) and hasattr(spec, "__qualname__"):
+        return f"{getattr(spec, '__module__', '')}.{spec.__qualname__}"
+    return kind
+
+
 def resolve_embedder(spec: str | EmbedFn | Any | None) -> EmbedFn:
     """``"minilm"`` (default) | ``"hash"`` | an object with ``encode`` | a callable."""
     if spec is None or spec == "minilm":

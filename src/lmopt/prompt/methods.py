@@ -15,7 +15,7 @@ from ..bandits import NeuralUCB
 from ..data.task import Example
 from .base import Optimizer, RunContext, StopRun, prompt_key, prompt_text
 from .evaluator import Prompt
-from .features import as_matrix, resolve_embedder
+from .features import as_matrix, embedder_identity, resolve_embedder
 
 
 def _check_int(name: str, v: Any, lo: int = 0) -> None:
@@ -247,8 +247,7 @@ class EASE(Optimizer):
         self.embedder = embedder
         super().__init__(n_shots=n_shots, n_candidates=n_candidates, n_initial=n_initial, ot_filter=ot_filter,
                          ot_keep=ot_keep, joint=joint, instructions=list(instructions or []),
-                         n_instructions=n_instructions, embedder=embedder if isinstance(embedder, str) else
-                         type(embedder).__name__, lam=lam, nu=nu, train_steps=train_steps, lr=lr, hidden=hidden,
+                         n_instructions=n_instructions, embedder=embedder_identity(embedder), lam=lam, nu=nu, train_steps=train_steps, lr=lr, hidden=hidden,
                          hidden_layers=hidden_layers)
 
     def _optimize(self, ctx: RunContext) -> None:
@@ -315,7 +314,7 @@ class INSTINCT(Optimizer):
             raise ValueError(f"features must be 'auto', 'hidden' or 'embedding', got {features!r}")
         self.embedder = embedder
         super().__init__(n_candidates=n_candidates, n_initial=n_initial, features=features,
-                         embedder=embedder if isinstance(embedder, str) else type(embedder).__name__,
+                         embedder=embedder_identity(embedder),
                          candidates=list(candidates or []), lam=lam, nu=nu, train_steps=train_steps, lr=lr,
                          hidden=hidden, hidden_layers=hidden_layers, temperature=temperature)
 
