@@ -38,14 +38,20 @@ def _setup(seed=0):
 
 
 def test_search_restores_snapshot_and_stages_double():
-    model, w, _, train_step = _setup()
-    opt = torch.optim.SGD([w], lr=0.1)
+    model, w, target, train_step = _setup()
+    opt = torch.optim.SGD([w], lr=0.1, momentum=0.9)
     sched = AutoLRS(model, opt, lr_bounds=(1e-3, 1.5), tau=10, n_trials=4, min_tau_prime=5)
     sched.step(train_step)
-    # the trials were undone: one real SGD step from zero at the chosen LR
     assert sched.search_steps == 4 * 5 and sched.steps_done == 1
     chosen = sched.history[0]["lr"]
     assert 1e-3 <= chosen <= 1.5
+    # The trials were undone (weights and momentum): w is one real step from w=0 with an empty momentum
+    # buffer, on the 21st noise draw (the 20 trial steps consumed the first 20): w = lr * (target - g).
+    noise = torch.Generator().manual_seed(1)
+    for _ in range(20):
+        torch.randn(20, generator=noise)
+    g = torch.randn(20, generator=noise) * 0.01
+    assert torch.allclose(w.detach(), chosen * (target - g), atol=1e-6)
     for _ in range(9 + 20):
         sched.step(train_step)
     assert [h["tau"] for h in sched.history] == [10, 20]

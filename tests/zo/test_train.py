@@ -92,3 +92,26 @@ def test_zo_trainer_trains_with_accumulation(tmp_path):
     assert all(abs(h["loss"]) < 20 for h in logged)
     with pytest.raises(ValueError, match="learning_rate"):
         ZOTrainer(model=model, args=args, train_dataset=ds, zo_kwargs={"lr": 1.0})
+
+
+def test_zo_trainer_follows_the_learning_rate_schedule(tmp_path):
+    from lmopt.zo.train import ZOTrainer
+
+    model = tiny_llama()
+    rows = [{"input_ids": b["input_ids"][i], "labels": b["labels"][i]} for b in batches(6) for i in range(4)]
+    args = transformers.TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4,
+                                          learning_rate=1e-3, max_steps=6, report_to=[], save_strategy="no",
+                                          seed=3, lr_scheduler_type="linear", use_cpu=True, weight_decay=0.0)
+    trainer = ZOTrainer(model=model, args=args, train_dataset=rows, zo_optimizer="zo-sgd", zo_kwargs={"mu": 1e-2})
+    trainer.create_optimizer()
+    used = []
+    step = trainer.zo_optimizer.step
+
+    def recording_step(closure):
+        used.append(trainer.zo_optimizer.param_groups[0]["lr"])
+        return step(closure)
+
+    trainer.zo_optimizer.step = recording_step
+    trainer.train()
+    # linear decay without warm-up: step t (from 0) runs at lr * (T - t) / T
+    assert used == pytest.approx([1e-3 * (6 - t) / 6 for t in range(6)])
