@@ -166,21 +166,47 @@ def test_processes_write_concurrently(tmp_path):
     reader.close()
 
 
-@pytest.mark.parametrize("after", [2, 9])
-def test_sigkill_mid_write_leaves_only_complete_entries(tmp_path, after):
-    path = tmp_path / "c.sqlite"
-    proc = _writer(path, "k", 10_000, 400_000)  # 400 kB values: a kill likely lands inside a write
-    for _ in range(after):  # wait until `after` entries are committed
-        assert proc.stdout.readline()
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
-    assert proc.returncode == -signal.SIGKILL
-    keys = _check_complete(path)
-    assert {f"k-{i}" for i in range(after)} <= keys  # every acknowledged write survived
-    with CallCache(path) as c:  # still opens and accepts writes
-        assert len(c) == len(keys)
-        c.put("after-kill", {"ok": True})
-        assert c.get("after-kill") == {"ok": True}
+_KILLED_WRITER = textwrap.dedent("""
+    import hashlib, os, signal, sys
+    from lmopt.lm.cache import CallCache
+    path, after, at = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    c = CallCache(path)
+    def put(i):
+        blob = (f"k-{i}-" * 50_000)[:400_000]
+        c.put(f"k-{i}", {"i": i, "blob": blob, "sha": hashlib.sha256(blob.encode()).hexdigest()})
+    for i in range(after):
+        put(i)
+    ticks = [0]
+    def die_inside_the_write():  # SQLite calls this while executing statements of the next put
+        ticks[0] += 1
+        if ticks[0] == at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return 0
+    c._connection().set_progress_handler(die_inside_the_write, 1)
+    put(after)
+    print("not killed", ticks[0], flush=True)
+""")
+
+
+def _run_killed_writer(path, at):
+    return subprocess.run([sys.executable, "-c", _KILLED_WRITER, str(path), "2", str(at)], capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_sigkill_inside_a_write_leaves_only_complete_entries(tmp_path):
+    """Killed at chosen points spread over the third write (its SQLite progress callbacks): deterministic."""
+    counted = _run_killed_writer(tmp_path / "count.sqlite", 0)  # at=0: never killed; prints the callbacks
+    n = int(counted.stdout.split()[-1])
+    for frac in (0.05, 0.25, 0.5, 0.75, 0.9, 1.0):
+        path = tmp_path / f"c-{frac}.sqlite"
+        proc = _run_killed_writer(path, max(1, round(frac * n)))
+        assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr  # the kill landed inside the write
+        keys = _check_complete(path)  # every entry present is whole (its hash matches)
+        assert {"k-0", "k-1"} <= keys <= {"k-0", "k-1", "k-2"}, frac  # the acknowledged writes survived
+        with CallCache(path) as c:  # still opens and accepts writes
+            assert len(c) == len(keys)
+            c.put("after-kill", {"ok": True})
+            assert c.get("after-kill") == {"ok": True}
 
 
 def _child_put(cache, key):
