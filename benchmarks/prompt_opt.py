@@ -5,9 +5,9 @@
 
 For every task and seed, each method gets the same number of prompt evaluations on the validation split
 (the seed prompt's evaluation included); the best prompt's test score is compared with the seed prompt's.
-The embedded SmolLM2 is the task model and, where a method needs one, the proposer and judge. LM calls are
-shared through one in-memory-per-run call cache (a prompt evaluated twice costs once), so calls are
-reported as fresh and cached. Also measured: evaluator throughput (batched label scoring) against naive
+The embedded SmolLM2 is the task model and, where a method needs one, the proposer and judge. Every
+(method, seed) run has its own call cache, so its calls and wall time do not depend on which runs came
+before it (a prompt evaluated twice within a run costs once). Also measured: evaluator throughput (batched label scoring) against naive
 per-example generation, and EXPO / EXPO-ES against the fixed meta-prompt on the LLM-plays-a-bandit task.
 
 Scaled down for 2 shared CPU cores (the papers use 165 evaluations, 40 initial, 20 validation and up to
@@ -158,7 +158,6 @@ def main(argv: list[str] | None = None) -> None:
     _log(f"loading {args.model or 'SmolLM2-135M-Instruct'} on {args.device} ...")
     local = LocalLM(args.model, device=args.device, batch_size=8)
     tmp = tempfile.mkdtemp(prefix="lmopt-bench-")
-    cache = CallCache(Path(tmp) / "calls.sqlite")
     results: dict[str, Any] = {"config": {**cfg, "seeds": seeds, "model": args.model or "SmolLM2-135M-Instruct",
                                           "device": args.device}, "tasks": {}}
     for tname in cfg["tasks"]:
@@ -172,8 +171,10 @@ def main(argv: list[str] | None = None) -> None:
             runs = []
             for s in range(seeds):
                 t0 = time.perf_counter()
+                cache = CallCache(Path(tmp) / f"calls-{tname}-{m}-{s}.sqlite")  # own accounting per run
                 res = _method(m, cfg).run(task, LM(local, cache=cache), budget=cfg["evals"], seed=s, splits=splits,
                                           chat=chat)
+                cache.close()
                 u = res.usage.get("total", {})
                 runs.append({"seed": s, "val": res.val_score, "test": res.test_score, "seed_val": res.seed_val_score,
                              "seed_test": res.seed_test_score, "evaluations": res.n_evaluations,

