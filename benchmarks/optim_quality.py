@@ -3,8 +3,9 @@
 and is compared at the end of training (final validation loss, median over seeds) and by the number of steps
 it needs to reach AdamW's final validation loss.
 
-Protocol: for each optimizer, sweep its LR grid on seed 0; the LR with the lowest final validation loss is
-then re-run on the remaining seeds. Every run sees the same batches for a given seed.
+Protocol: for each optimizer, sweep its LR grid on a tuning seed that is not reported; the LR with the
+lowest final validation loss is then run on the reported seeds (an optimum at the grid's edge is flagged).
+Every run sees the same batches for a given seed.
 
     python -m benchmarks.optim_quality [--quick] [--out DIR] [--seeds N] [--steps K]
 """
@@ -15,7 +16,7 @@ import math
 import statistics
 from typing import Any
 
-from benchmarks._common import median_spread, parse_args, save_plot, write_result
+from benchmarks._common import grid_choice, median_spread, parse_args, save_plot, tuning_and_report_seeds, write_result
 from benchmarks._tinygpt import GPT, tiny_setup
 from lmopt.tinygpt import optimizers, train_run
 
@@ -38,6 +39,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args("optim_quality", __doc__.splitlines()[0], default_seeds=3, argv=argv, extra=_extra)
     seeds, steps, corpus, cfg, batch, eval_every, eval_batches = tiny_setup(args, quick_steps=20)
     opts = optimizers()
+    tune_seed, report_seeds = tuning_and_report_seeds(seeds)
     if args.only:
         keep = [s.strip() for s in args.only.split(",")]
         unknown = [k for k in keep if k not in opts]
@@ -52,19 +54,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if args.quick:
             grid = [grid[len(grid) // 2]]
         sweep = []
-        for lr in grid:
-            r = train_run(make, lr, 0, steps, corpus, cfg, batch, eval_every, eval_batches)
+        for lr in grid:  # tuned on a seed that is not reported
+            r = train_run(make, lr, tune_seed, steps, corpus, cfg, batch, eval_every, eval_batches)
             sweep.append(r)
-            print(f"  {name:12s} lr={lr:<8g} seed 0: final val {r['final_val']:.4f}", flush=True)
-        best = min(sweep, key=lambda r: r["final_val"])
-        runs = [best]
-        for seed in range(1, seeds):
-            r = train_run(make, best["lr"], seed, steps, corpus, cfg, batch, eval_every, eval_batches)
+            print(f"  {name:12s} lr={lr:<8g} tuning seed {tune_seed}: final val {r['final_val']:.4f}", flush=True)
+        choice = grid_choice({r["lr"]: r["final_val"] for r in sweep})
+        runs = []
+        for seed in report_seeds:
+            r = train_run(make, choice["best"], seed, steps, corpus, cfg, batch, eval_every, eval_batches)
             runs.append(r)
-            print(f"  {name:12s} lr={best['lr']:<8g} seed {seed}: final val {r['final_val']:.4f}", flush=True)
-        results[name] = dict(best_lr=best["lr"], sweep=[dict(lr=r["lr"], final_val=r["final_val"]) for r in sweep],
+            print(f"  {name:12s} lr={choice['best']:<8g} seed {seed}: final val {r['final_val']:.4f}", flush=True)
+        results[name] = dict(best_lr=choice["best"], sweep=[dict(lr=r["lr"], final_val=r["final_val"]) for r in sweep],
                              runs=runs, final_val=median_spread([r["final_val"] for r in runs]),
-                             lr_at_grid_edge=best["lr"] in (grid[0], grid[-1]) and len(grid) > 1)
+                             lr_at_grid_edge=choice["at_edge"], grid_edge=choice["edge"], tuning_seed=tune_seed)
     table = []
     if "AdamW" in results:
         target = results["AdamW"]["final_val"]["median"]
@@ -110,7 +112,7 @@ def _plot(results: dict[str, Any], out: str, steps: int) -> None:
     ax[0].legend(fontsize=8)
     ax[1].set_xscale("log")
     ax[1].set_xlabel("peak learning rate")
-    ax[1].set_ylabel("final validation loss (seed 0)")
+    ax[1].set_ylabel("final validation loss (tuning seed)")
     ax[1].set_title("LR sweep")
     save_plot(fig, out, "optim_quality.png")
 

@@ -8,7 +8,8 @@ For every task and seed, each method gets the same number of prompt evaluations 
 The embedded SmolLM2 is the task model and, where a method needs one, the proposer and judge. Every
 (method, seed) run has its own call cache, so its calls and wall time do not depend on which runs came
 before it (a prompt evaluated twice within a run costs once). Also measured: evaluator throughput (batched
-label scoring) against naive per-example generation, and EXPO / EXPO-ES against the fixed meta-prompt on the LLM-plays-a-bandit task.
+label scoring) against naive per-example generation, and EXPO / EXPO-ES against the fixed meta-prompt on
+the LLM-plays-a-bandit task.
 
 Scaled down for 2 shared CPU cores (the papers use 165 evaluations, 40 initial, 20 validation and up to
 100 test examples): see DEFAULTS / QUICK below; every reduction is written into the JSON.

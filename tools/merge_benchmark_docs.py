@@ -21,6 +21,20 @@ available), often while other jobs were running: absolute times are inflated and
 
 `make bench-quick` runs every benchmark's `--quick` version.
 
+## How the benchmarks are run
+
+- One benchmark at a time, with nothing else heavy on the machine (no tests or other benchmarks in
+  parallel): on 2 cores, parallel jobs made timings 5-20x slower. Every `NAME.json` records the load
+  average before and after the run (`load_average`) and the torch thread count (`machine.torch_threads`),
+  so a noisy measurement shows.
+- Comparisons run side by side in one process on the same budget (steps, queries, LM calls), over several
+  seeds, reported as median and range; a timing is a ratio to its baseline measured in the same run.
+- A tuned hyper-parameter whose best value lies at the edge of its grid is flagged in the output
+  (`benchmarks._common.grid_choice`), since the grid may not contain the optimum.
+- A seed used to choose hyper-parameters is not one of the reported seeds
+  (`benchmarks._common.tuning_and_report_seeds`).
+- Sections whose runs predate these rules say so where their commands are given.
+
 Sections: {links}
 
 """

@@ -2,22 +2,28 @@
 
 For a matrix parameter with gradient G (every dim d ≤ ``max_precond_dim`` gets a preconditioner)::
 
-    first call: L = GGᵀ, R = GᵀG, Q_L, Q_R = eigenvectors (descending); no update  (skip_first_step)
+    first call: L = (1−β_sh)·GGᵀ, R = (1−β_sh)·GᵀG (lerped from zero), Q_L, Q_R = eigenvectors
+                (descending eigenvalues); no update  (skip_first_step)
     t ≥ 1:  G′ = Q_Lᵀ G Q_R
-            m ← β1·m + (1−β1)·G′ ; v ← β2·v + (1−β2)·G′²      (both in the rotated basis)
+            m ← β1·m + (1−β1)·G′ ; v ← β2·v + (1−β2)·G′²      (both in the current eigenbasis)
             N = Q_L (m/(√v+ε)) Q_Rᵀ
             θ ← θ − η·√(1−β2ᵗ)/(1−β1ᵗ)·N ;  θ ← θ − η·λ·θ
             L ← lerp(L, GGᵀ, 1−β_sh) ; R ← lerp(R, GᵀG, 1−β_sh)
             every ``precondition_frequency`` steps: sort Q's columns by the estimated eigenvalues
-            diag(QᵀLQ) (permuting v alongside), then Q ← QR(L·Q)   (one power iteration)
+            diag(QᵀLQ) (permuting v alongside), Q ← QR(L·Q) (one power iteration), and m is carried
+            into the new basis (Q_newᵀ Q_old m Q_oldᵀ Q_new), so Q_L m Q_Rᵀ stays the EMA of the gradients
 
 Defaults lr 3e-3, betas (0.95, 0.95), shampoo_beta = β2, eps 1e-8, weight_decay 0.01,
 precondition_frequency 10, max_precond_dim 10000. N-D tensors get one preconditioner per dimension.
 With ``max_precond_dim=1`` no dimension is preconditioned and SOAP is Adam(β1, β2) after the skipped first
 step. ``state["step"]`` counts Adam updates (the skipped step is not counted: the bias corrections use the
-number of moment updates, the off-by-one found in other implementations).
-Notes: this follows the first official release (momentum kept in the rotated basis, decoupled decay after
-the step). A later revision of the official code keeps m in the original basis; not implemented.
+number of moment updates, as the official code does).
+
+Official code (github.com/nikhilvyas/SOAP): ``momentum="rotated"`` (default) follows its current revision,
+which stores m in the eigenbasis and re-projects it when the basis changes; ``momentum="original"`` follows
+its first release, which keeps m as the EMA of the raw gradients and projects it for every update
+(G′ is still used for v). The two agree until the first refresh. Decoupled decay after the step, as both.
+Not implemented: ``merge_dims``, ``normalize_grads``, ``correct_bias=False``, ``data_format``.
 Preconditioner matrices are kept in fp32 whatever the parameter dtype.
 """
 
@@ -59,6 +65,8 @@ class SOAP(LmoptOptimizer):
         precondition_frequency: steps between eigenbasis refreshes (10).
         max_precond_dim: dims larger than this are not rotated (10000). precondition_1d: rotate 1-D params.
         skip_first_step: the official first call only builds the preconditioner (True).
+        momentum: ``"rotated"`` (the official code's current revision, default) or ``"original"`` (its first
+            release): see the module docstring.
         maximize, state_dtype (of m and v), impl: see :mod:`lmopt.optim`.
     """
 
@@ -68,8 +76,8 @@ class SOAP(LmoptOptimizer):
     def __init__(self, params: Iterable[Any], lr: float = 3e-3, betas: tuple[float, float] = (0.95, 0.95),
                  eps: float = 1e-8, weight_decay: float = 0.01, *, shampoo_beta: float | None = None,
                  precondition_frequency: int = 10, max_precond_dim: int = 10000, precondition_1d: bool = False,
-                 skip_first_step: bool = True, maximize: bool = False, state_dtype: torch.dtype | None = None,
-                 impl: str = "auto") -> None:
+                 skip_first_step: bool = True, momentum: str = "rotated", maximize: bool = False,
+                 state_dtype: torch.dtype | None = None, impl: str = "auto") -> None:
         check_lr(lr)
         check_betas(betas)
         check_nonneg(eps, "eps", "1e-8")
@@ -79,10 +87,13 @@ class SOAP(LmoptOptimizer):
         check_pos_int(precondition_frequency, "precondition_frequency")
         check_pos_int(max_precond_dim, "max_precond_dim")
         check_state_dtype(state_dtype)
+        if momentum not in ("rotated", "original"):
+            raise ValueError("momentum must be 'rotated' (official code, current) or 'original' (its first release), "
+                             f"got {momentum!r}")
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, shampoo_beta=shampoo_beta,
-                        precondition_frequency=precondition_frequency, max_precond_dim=max_precond_dim,
-                        precondition_1d=precondition_1d, skip_first_step=skip_first_step, maximize=maximize,
-                        state_dtype=state_dtype)
+                        momentum=momentum, precondition_frequency=precondition_frequency,
+                        max_precond_dim=max_precond_dim, precondition_1d=precondition_1d,
+                        skip_first_step=skip_first_step, maximize=maximize, state_dtype=state_dtype)
         super().__init__(params, defaults, impl)
         for group in self.param_groups:
             for p in group["params"]:
@@ -94,11 +105,12 @@ class SOAP(LmoptOptimizer):
         return {d: st[f"Q{d}"] for d in dims}
 
     def _update_preconditioner(self, g32: torch.Tensor, st: dict[str, Any], dims: list[int], beta: float,
-                               refresh: bool) -> None:
+                               refresh: bool, rotated_momentum: bool) -> None:
         for d in dims:
             st[f"GG{d}"].lerp_(_outer(g32, d), 1 - beta)
         if not refresh:
             return
+        old_qs = self._qs(st, dims)
         v = st["exp_avg_sq"]
         for d in dims:
             L, Q = st[f"GG{d}"], st[f"Q{d}"]
@@ -107,6 +119,9 @@ class SOAP(LmoptOptimizer):
             v = v.index_select(d, order)
             st[f"Q{d}"] = torch.linalg.qr(L @ Q[:, order])[0]
         st["exp_avg_sq"] = v
+        if rotated_momentum:  # carry m into the new basis: back to the original space, then forward
+            m = _project(_project(st["exp_avg"].float(), old_qs, back=True), self._qs(st, dims), back=False)
+            st["exp_avg"].copy_(m)
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
@@ -122,7 +137,7 @@ class SOAP(LmoptOptimizer):
                 if not st:
                     self._zero_state(st, group, p, "exp_avg", "exp_avg_sq", memory_format=torch.contiguous_format)
                     for d in dims:
-                        gg = _outer(g32, d)
+                        gg = _outer(g32, d) * (1 - sh_beta)  # lerp from a zero matrix, as every later update
                         st[f"GG{d}"] = gg
                         n = gg.shape[0]
                         eye = torch.eye(n, device=gg.device, dtype=torch.float32)
@@ -132,15 +147,18 @@ class SOAP(LmoptOptimizer):
                 st["step"] += 1
                 t = int(st["step"].item())
                 qs = self._qs(st, dims)
+                rotated = group["momentum"] == "rotated"
                 gp = _project(g32, qs, back=False)
-                m = st["exp_avg"].float() * beta1 + gp * (1 - beta1)
+                m = st["exp_avg"].float() * beta1 + (gp if rotated else g32) * (1 - beta1)
                 v = st["exp_avg_sq"].float() * beta2 + gp * gp * (1 - beta2)
                 st["exp_avg"].copy_(m)
                 st["exp_avg_sq"].copy_(v)
-                n = _project(m / (torch.sqrt(v) + group["eps"]), qs, back=True)
+                mp = m if rotated else _project(m, qs, back=False)
+                n = _project(mp / (torch.sqrt(v) + group["eps"]), qs, back=True)
                 step_size = lr * (1 - beta2**t) ** 0.5 / (1 - beta1**t)
                 p32 = p.float() - step_size * n
                 p32 = p32 - (lr * group["weight_decay"]) * p32
                 p.copy_(p32)
-                self._update_preconditioner(g32, st, dims, sh_beta, t % group["precondition_frequency"] == 0)
+                self._update_preconditioner(g32, st, dims, sh_beta, t % group["precondition_frequency"] == 0,
+                                            rotated)
         return loss
