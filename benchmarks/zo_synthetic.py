@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from benchmarks._common import median_spread, parse_args, save_plot, write_result
+from benchmarks._common import grid_choice, median_spread, parse_args, save_plot, write_result
 from lmopt.zo import OPTIMIZERS
 from lmopt.zo.functions import FUNCTIONS
 
@@ -78,7 +78,11 @@ def tune(fname: str, method: str, d: int, budget: int) -> dict[str, Any]:
         r = run_one(fname, method, d, lr, mu, TUNING_SEED, budget, n_points=1)
         trials.append({"lr": lr, "mu": mu, "final_gap": r["final_gap"]})
     best = min(trials, key=lambda t: t["final_gap"])
-    return {"lr": best["lr"], "mu": best["mu"], "trials": trials}
+    # an optimum at the edge of a grid may lie outside it: flagged in the output
+    lr_edge = grid_choice({t["lr"]: t["final_gap"] for t in trials if t["mu"] == best["mu"]})
+    mu_edge = grid_choice({t["mu"]: t["final_gap"] for t in trials if t["lr"] == best["lr"]})
+    return {"lr": best["lr"], "mu": best["mu"], "trials": trials, "lr_at_grid_edge": lr_edge["edge"],
+            "mu_at_grid_edge": mu_edge["edge"]}
 
 
 def main(argv: list[str] | None = None) -> None:

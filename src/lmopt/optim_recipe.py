@@ -88,6 +88,17 @@ def validate_optim_recipe(cfg: dict[str, Any], source: str = "recipe") -> OptimR
     return r
 
 
+def compare_losses(baseline: list[float], candidate: list[float]) -> dict[str, Any]:
+    """Per-seed losses of a candidate against the baseline's on the same seeds (lower is better).
+
+    ``beyond_seed_spread``: the candidate's worst seed is better than the baseline's best seed, a win
+    larger than the variation over seeds.
+    """
+    diffs = [b - c for b, c in zip(baseline, candidate)]  # > 0: lower loss than the baseline
+    return {"paired_improvement": diffs, "wins": sum(d > 0 for d in diffs), "seeds": len(diffs),
+            "beyond_seed_spread": max(candidate) < min(baseline)}
+
+
 def run_optim_recipe(cfg: dict[str, Any], run_dir: Path, progress: Any = None) -> dict[str, Any]:
     """Train every (optimizer, seed) pair; each finished run is checkpointed, so a rerun resumes."""
     import torch
@@ -127,14 +138,8 @@ def run_optim_recipe(cfg: dict[str, Any], run_dir: Path, progress: Any = None) -
         rows.append({"optimizer": spec.name, "lr": spec.lr, "final_val": finals,
                      "median": statistics.median(finals), "min": min(finals), "max": max(finals),
                      "curves": [x["curve"] for x in runs]})
-    base = rows[0]
     for row in rows[1:]:
-        diffs = [b - x for b, x in zip(base["final_val"], row["final_val"])]  # > 0: lower loss than baseline
-        row["vs_baseline"] = {
-            "paired_improvement": diffs, "wins": sum(d > 0 for d in diffs), "seeds": len(diffs),
-            # beyond the noise: its worst seed is better than the baseline's best seed
-            "beyond_seed_spread": row["max"] < base["min"],
-        }
+        row["vs_baseline"] = compare_losses(rows[0]["final_val"], row["final_val"])
     n_params = sum(p.numel() for p in GPT(gcfg).parameters())
     results = {"kind": "optim", "name": r.name, "baseline": base["optimizer"], "rows": rows, "seeds": r.seeds,
             "steps": r.steps, "batch": r.batch, "model": {**gcfg.__dict__, "params": n_params},

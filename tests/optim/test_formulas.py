@@ -146,3 +146,36 @@ def test_lionk_l2_kernel_moves_by_lr_in_l2_norm():
     lr = 0.1
     p, _ = _one_step(LionK, P0, G, lr=lr, kernel="l2")
     assert float((p - P0).norm()) == pytest.approx(lr, rel=1e-6)
+
+
+@pytest.mark.parametrize("mini", [False, True])
+def test_apollo_two_steps_by_hand(mini):
+    """W ← (W − η·√(1−β2ᵗ)/(1−β1ᵗ)·√α·G·s)(1−ηλ) with s = ‖M/(√V+ε)‖/‖R‖ per channel (APOLLO) or per tensor
+    (APOLLO-Mini), R the rank-r projection of G on the short side (here the 6 rows: R = PᵀG)."""
+    from lmopt.optim import APOLLO, APOLLOMini
+
+    gen = torch.Generator().manual_seed(4)
+    w0 = torch.randn(6, 10, generator=gen)
+    grads = [torch.randn(6, 10, generator=gen) for _ in range(2)]
+    lr, b1, b2, eps, wd = 1e-2, 0.9, 0.999, 1e-6, 0.1
+    w = torch.nn.Parameter(w0.clone())
+    kw = dict(lr=lr, betas=(b1, b2), eps=eps, weight_decay=wd, norm_growth_limit=None, impl="reference")
+    opt = APOLLOMini([w], **kw) if mini else APOLLO([w], rank=2, **kw)
+    alpha = 128.0 if mini else 1.0
+    ref = w0.clone()
+    m = v = 0.0
+    for t, g in enumerate(grads, start=1):
+        w.grad = g.clone()
+        opt.step()
+        p = opt._proj_cache[w][2]  # (6, r): the projection drawn from the stored seed
+        r = p.T @ g
+        m = b1 * m + (1 - b1) * r
+        v = b2 * v + (1 - b2) * r * r
+        rt = m / (v.sqrt() + eps)
+        if mini:
+            s = rt.norm() / (r.norm() + 1e-8)
+        else:  # one scale per column: the unprojected side
+            s = rt.norm(dim=0, keepdim=True) / (r.norm(dim=0, keepdim=True) + 1e-8)
+        ref = (ref - lr * (1 - b2**t) ** 0.5 / (1 - b1**t) * alpha**0.5 * g * s) * (1 - lr * wd)
+        torch.testing.assert_close(w.detach(), ref, rtol=1e-5, atol=1e-6)
+    assert float((w.detach() - w0).abs().max()) > 1e-3
