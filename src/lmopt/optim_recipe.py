@@ -141,9 +141,9 @@ def run_optim_recipe(cfg: dict[str, Any], run_dir: Path, progress: Any = None) -
     for row in rows[1:]:
         row["vs_baseline"] = compare_losses(rows[0]["final_val"], row["final_val"])
     n_params = sum(p.numel() for p in GPT(gcfg).parameters())
-    results = {"kind": "optim", "name": r.name, "baseline": base["optimizer"], "rows": rows, "seeds": r.seeds,
-            "steps": r.steps, "batch": r.batch, "model": {**gcfg.__dict__, "params": n_params},
-            "train_chars": int(len(corpus.train)), "val_chars": int(len(corpus.val))}
+    results = {"kind": "optim", "name": r.name, "baseline": rows[0]["optimizer"], "rows": rows, "seeds": r.seeds,
+               "steps": r.steps, "batch": r.batch, "model": {**gcfg.__dict__, "params": n_params},
+               "train_chars": int(len(corpus.train)), "val_chars": int(len(corpus.val))}
     write_optim_report(cfg, results, run_dir)
     return results
 
