@@ -152,7 +152,7 @@ class LocalLM(Backend):
     def _forward_after(self, rows: list[list[int]], n_prefix: int, cache: Any, use_cache: bool = False,
                        keep: int = 1) -> Any:
         """Forward of left-padded ``rows`` placed after a cached prefix of ``n_prefix`` tokens; logits of the
-        last ``keep`` positions only.
+        last ``keep`` positions only. Returns the model output and the full attention mask.
 
         The attention mask covers prefix + padding + row, so padding sits between the prefix and each row
         and is never attended; positions count only real tokens, hence equal those of the full sequence.
@@ -162,9 +162,9 @@ class LocalLM(Backend):
         if n_prefix:
             mask = torch.cat([torch.ones((len(rows), n_prefix), dtype=mask.dtype, device=mask.device), mask], 1)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, n_prefix:]
-        return self.model(input_ids=ids, attention_mask=mask, position_ids=pos,
-                          use_cache=use_cache or cache is not None,
-                          **{self._cache_kw: self._expanded(cache, len(rows))}, **self._keep(keep))
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=use_cache or cache is not None,
+                         **{self._cache_kw: self._expanded(cache, len(rows))}, **self._keep(keep))
+        return out, mask
 
     # -- generation -------------------------------------------------------------------------------
     def generate(self, prompts: Sequence[str], config: GenerationConfig) -> list[list[Completion]]:
@@ -172,6 +172,8 @@ class LocalLM(Backend):
         for _p, ids, _ in rows:
             if not ids:
                 raise ValueError("cannot generate from an empty prompt; give at least one token of text")
+        if not rows:
+            return [[] for _ in prompts]
         import torch
         # Each row keeps at least its last prompt token outside the prefix: its logits start the decoding.
         n_prefix = self._prefix_len([r[1] for r in rows], cap=min(len(r[1]) for r in rows) - 1)
@@ -207,12 +209,9 @@ class LocalLM(Backend):
         new_tokens: list[list[int]] = [[] for _ in range(b)]
         finish = ["length"] * b
         with torch.inference_mode():
-            out = self._forward_after([r[1][n_prefix:] for r in rows], n_prefix, prefix_cache, use_cache=True)
+            out, cur_mask = self._forward_after([r[1][n_prefix:] for r in rows], n_prefix, prefix_cache,
+                                                use_cache=True)
             past = getattr(out, self._cache_kw)
-            _, cur_mask = self._left_pad([r[1][n_prefix:] for r in rows])
-            if n_prefix:
-                cur_mask = torch.cat([torch.ones((b, n_prefix), dtype=cur_mask.dtype, device=self.device),
-                                      cur_mask], 1)
             cur_ids = None  # after the first step: the token just chosen per row
             for step in range(config.max_new_tokens):
                 if step:
@@ -281,6 +280,8 @@ class LocalLM(Backend):
             if not pi or not ci:
                 raise ValueError("score needs a non-empty prompt and a non-empty continuation")
             pairs.append((pi, ci))
+        if not pairs:
+            return []
         # rows: (tokens fed, prompt length, [(pair index, continuation)]) — single-token ones grouped.
         rows: list[tuple[list[int], int, list[int]]] = []
         single: dict[tuple[int, ...], int] = {}
@@ -302,7 +303,7 @@ class LocalLM(Backend):
             for start in range(0, len(order), self.batch_size):
                 batch = [rows[r] for r in order[start: start + self.batch_size]]
                 k = max(len(pairs[m[0]][1]) if len(m) == 1 else 1 for _, _, m in batch)
-                logits = self._forward_after([r[0][n_prefix:] for r in batch], n_prefix, cache, keep=k).logits
+                logits = self._forward_after([r[0][n_prefix:] for r in batch], n_prefix, cache, keep=k)[0].logits
                 logp = torch.log_softmax(logits[:, -k:].float(), dim=-1)  # position -1 predicts the next token
                 for row, (_, n_p, members) in enumerate(batch):
                     for i in members:
