@@ -108,6 +108,15 @@ def test_prompt_compare_runs_each_method_and_seed_and_reports_against_the_seed_p
     assert positive_lover.calls == calls
 
 
+def test_a_prompt_beats_the_seed_prompt_only_beyond_two_standard_errors():
+    from lmopt.prompt.recipe import beats_beyond_noise
+
+    assert beats_beyond_noise(0.18, 0.06, 100)  # lead 0.12 > 2 x 0.045
+    assert not beats_beyond_noise(0.08, 0.06, 100)  # two examples out of 100: noise
+    assert not beats_beyond_noise(0.18, 0.06, 20)  # the same lead on 20 examples: noise
+    assert not beats_beyond_noise(0.5, 0.6, 100)
+
+
 def test_prompt_compare_rejects_duplicate_methods(tmp_path):
     bad = {**COMPARE, "methods": [{"name": "random"}, {"name": "random"}]}
     with pytest.raises(RecipeError, match="method names must be unique"):

@@ -34,7 +34,7 @@ from ..lm.usage import Budget, BudgetExceeded, UsageMeter
 from .evaluator import EvalResult, Prompt, evaluate_prompt
 from .parsing import parse_proposal
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: the identity covers every model, the task format and the split contents
 DEFAULT_SPLIT = {"seed": 0, "n_train": 50, "n_val": 20, "n_test": 100}
 ProgressFn = Callable[[int, int, str], None]
 

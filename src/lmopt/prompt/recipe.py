@@ -213,6 +213,13 @@ def validate_prompt_compare(cfg: dict[str, Any], source: str = "recipe") -> Prom
     return r
 
 
+def beats_beyond_noise(score: float, baseline: float, n: int) -> bool:
+    """``score`` exceeds ``baseline`` (two accuracies on the same ``n`` test examples) by more than two
+    binomial standard errors of their difference."""
+    se = ((score * (1 - score) + baseline * (1 - baseline)) / n) ** 0.5
+    return score - baseline > 2 * se
+
+
 def run_prompt_compare(cfg: dict[str, Any], run_dir: Path, progress: Any = None) -> dict[str, Any]:
     """Run every (method, seed) into ``run_dir/<method>-seed<k>/`` (each resumable, with its own usage)."""
     import statistics
@@ -262,7 +269,8 @@ def run_prompt_compare(cfg: dict[str, Any], run_dir: Path, progress: Any = None)
     seed_test = rows[0]["runs"][0]["seed_prompt_test"]
     for row in rows:
         row["wins_vs_seed_prompt"] = sum(x["test"] is not None and x["test"] > seed_test for x in row["runs"])
-        row["beyond_seed_spread"] = row["test_min"] is not None and row["test_min"] > seed_test
+        row["beyond_noise"] = row["test_min"] is not None and beats_beyond_noise(row["test_min"], seed_test,
+                                                                                 len(splits.test))
     results = {"kind": "prompt_compare", "name": r.name, "model": lm.name, "task": task.name, "seeds": r.seeds,
                "evaluations": evals, "seed_prompt": {"instruction": task.instruction, "test": seed_test},
                "split": {"n_train": len(splits.train), "n_val": len(splits.validation), "n_test": len(splits.test)},
@@ -279,7 +287,7 @@ def _write_compare_report(res: dict[str, Any], run_dir: Path) -> None:
              f"Task `{res['task']}` with model `{res['model']}`: each method searches prompts with "
              f"{res['evaluations']} validation evaluations ({sp['n_val']} examples) per run, seeds {res['seeds']}; "
              f"the best prompt found is scored on {sp['n_test']} held-out test examples.", "",
-             "| prompt | test accuracy, median (min–max) over seeds | validation (median) | beats the seed prompt |",
+             "| prompt | test accuracy, median (min–max) over seeds | validation (median) | seeds above the seed prompt |",
              "|---|---|---|---|",
              f"| seed prompt (\"{res['seed_prompt']['instruction']}\", no exemplars) | {seed_test:.3f} | | |"]
     for row in res["rows"]:
@@ -287,11 +295,17 @@ def _write_compare_report(res: dict[str, Any], run_dir: Path) -> None:
                      f"| {row['val_median']:.3f} | {row['wins_vs_seed_prompt']}/{len(row['runs'])} seeds |")
     if res.get("chance"):
         lines += ["", f"Chance level: {res['chance']:.3f}."]
-    lines += [""]
+    lines += ["", "Beyond the noise: the method's worst seed leads the seed prompt by more than two binomial standard "
+              "errors of the difference of two accuracies on this test set.", ""]
     for row in res["rows"]:
-        verdict = "beats" if row["beyond_seed_spread"] else "does not reliably beat"
-        lines.append(f"- {row['method']} {verdict} the seed prompt on held-out data: its worst seed scores "
-                     f"{row['test_min']:.3f} against {seed_test:.3f}.")
+        if row["beyond_noise"]:
+            verdict = "beats the seed prompt beyond the noise"
+        elif row["test_median"] > seed_test:
+            verdict = "scores above the seed prompt, but not beyond the noise"
+        else:
+            verdict = "does not beat the seed prompt"
+        lines.append(f"- {row['method']} {verdict} on held-out data: its worst seed scores {row['test_min']:.3f} "
+                     f"against {seed_test:.3f}.")
     if len(res["rows"]) > 1:
         a, b = res["rows"][0], res["rows"][1]
         paired = [(x["test"] or 0) - (y["test"] or 0) for x, y in zip(b["runs"], a["runs"])]
