@@ -295,8 +295,8 @@ def _write_compare_report(res: dict[str, Any], run_dir: Path) -> None:
                      f"| {row['val_median']:.3f} | {row['wins_vs_seed_prompt']}/{len(row['runs'])} seeds |")
     if res.get("chance"):
         lines += ["", f"Chance level: {res['chance']:.3f}."]
-    lines += ["", "Beyond the noise: the method's worst seed leads the seed prompt by more than two binomial standard "
-              "errors of the difference of two accuracies on this test set.", ""]
+    lines += ["", "Beyond the noise: the method's worst seed leads the seed prompt by more than two binomial "
+              "standard errors of the difference of two accuracies on this test set.", ""]
     for row in res["rows"]:
         if row["beyond_noise"]:
             verdict = "beats the seed prompt beyond the noise"
