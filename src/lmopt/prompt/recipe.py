@@ -287,7 +287,7 @@ def _write_compare_report(res: dict[str, Any], run_dir: Path) -> None:
              f"Task `{res['task']}` with model `{res['model']}`: each method searches prompts with "
              f"{res['evaluations']} validation evaluations ({sp['n_val']} examples) per run, seeds {res['seeds']}; "
              f"the best prompt found is scored on {sp['n_test']} held-out test examples.", "",
-             "| prompt | test accuracy, median (min–max) over seeds | validation (median) | seeds above the seed prompt |",
+             "| prompt | test accuracy, median (min–max) over seeds | validation (median) | seeds above seed prompt |",
              "|---|---|---|---|",
              f"| seed prompt (\"{res['seed_prompt']['instruction']}\", no exemplars) | {seed_test:.3f} | | |"]
     for row in res["rows"]:
