@@ -24,7 +24,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, field_validator
 
 from ._io import read_json, write_json_atomic, write_text_atomic
-from .recipe import RecipeError, _pretty, _Strict
+from .recipe import RecipeError, _pretty, _Strict, unique
 
 
 class OptimizerSpec(_Strict):
@@ -64,17 +64,12 @@ class OptimRecipe(_Strict):
     @field_validator("seeds")
     @classmethod
     def _unique_seeds(cls, v: list[int]) -> list[int]:
-        if len(set(v)) != len(v):
-            raise ValueError(f"seeds must be distinct, got {v}")
-        return v
+        return unique(v, v, "seeds must be distinct")
 
     @field_validator("optimizers")
     @classmethod
     def _unique_names(cls, v: list[OptimizerSpec]) -> list[OptimizerSpec]:
-        names = [o.name for o in v]
-        if len(set(names)) != len(names):
-            raise ValueError(f"optimizer names must be unique, got {names}")
-        return v
+        return unique(v, [o.name for o in v], "optimizer names must be unique")
 
 
 def validate_optim_recipe(cfg: dict[str, Any], source: str = "recipe") -> OptimRecipe:

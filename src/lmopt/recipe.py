@@ -82,10 +82,14 @@ class EvaluateRecipe(_Strict):
     @field_validator("prompts")
     @classmethod
     def _unique_names(cls, v: list[PromptSpec]) -> list[PromptSpec]:
-        names = [p.name for p in v]
-        if len(set(names)) != len(names):
-            raise ValueError(f"prompt names must be unique, got {names}")
-        return v
+        return unique(v, [p.name for p in v], "prompt names must be unique")
+
+
+def unique(items: Any, keys: list[Any], message: str) -> Any:
+    """``items`` unchanged when ``keys`` has no repeats; else a ValueError with ``message`` and the keys."""
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"{message}, got {keys}")
+    return items
 
 
 def load_recipe(path: str | Path) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
 
-from ..recipe import ModelSpec, RecipeError, TaskSpec, _pretty, _Strict
+from ..recipe import ModelSpec, RecipeError, TaskSpec, _pretty, _Strict, unique
 
 
 class MethodSpec(_Strict):
@@ -65,8 +65,13 @@ class PromptRecipe(_Strict):
 
 
 def validate_prompt_recipe(cfg: dict[str, Any], source: str = "recipe") -> PromptRecipe:
+    return _validated(PromptRecipe, cfg, source)
+
+
+def _validated(model: Any, cfg: dict[str, Any], source: str) -> Any:
+    """``cfg`` validated as ``model`` (a prompt recipe kind), errors as RecipeError naming each field."""
     try:
-        r = PromptRecipe.model_validate(cfg)
+        r = model.model_validate(cfg)
     except (ValidationError, ValueError, TypeError) as exc:
         msg = _pretty(exc) if isinstance(exc, ValidationError) else f"  - {exc}"
         raise RecipeError(f"{source} is invalid:\n{msg}") from None
@@ -188,29 +193,16 @@ class PromptCompareRecipe(_Strict):
     @field_validator("seeds")
     @classmethod
     def _unique_seeds(cls, v: list[int]) -> list[int]:
-        if len(set(v)) != len(v):
-            raise ValueError(f"seeds must be distinct, got {v}")
-        return v
+        return unique(v, v, "seeds must be distinct")
 
     @field_validator("methods")
     @classmethod
     def _unique_methods(cls, v: list[MethodSpec]) -> list[MethodSpec]:
-        names = [m.name for m in v]
-        if len(set(names)) != len(names):
-            raise ValueError(f"method names must be unique, got {names}")
-        return v
+        return unique(v, [m.name for m in v], "method names must be unique")
 
 
 def validate_prompt_compare(cfg: dict[str, Any], source: str = "recipe") -> PromptCompareRecipe:
-    try:
-        r = PromptCompareRecipe.model_validate(cfg)
-    except (ValidationError, ValueError, TypeError) as exc:
-        msg = _pretty(exc) if isinstance(exc, ValidationError) else f"  - {exc}"
-        raise RecipeError(f"{source} is invalid:\n{msg}") from None
-    if r.task.split.n_val < 1:
-        raise RecipeError(f"{source} is invalid:\n  - task.split.n_val: prompt optimisation needs a validation "
-                          "split; set n_val >= 1")
-    return r
+    return _validated(PromptCompareRecipe, cfg, source)
 
 
 def beats_beyond_noise(score: float, baseline: float, n: int) -> bool:
