@@ -117,7 +117,12 @@ def test_a_prompt_beats_the_seed_prompt_only_beyond_two_standard_errors():
     assert not beats_beyond_noise(0.5, 0.6, 100)
 
 
-def test_prompt_compare_rejects_duplicate_methods(tmp_path):
-    bad = {**COMPARE, "methods": [{"name": "random"}, {"name": "random"}]}
-    with pytest.raises(RecipeError, match="method names must be unique"):
-        runner.run_recipe(bad, tmp_path)
+@pytest.mark.parametrize("change,msg", [
+    ({"methods": [{"name": "random"}, {"name": "random"}]}, "method names must be unique"),
+    ({"budget": {"evaluations": 0}}, "budget evaluations must be a positive int"),
+    ({"seeds": [2, 2]}, "seeds must be distinct"),
+    ({"methods": [{"name": "eaze"}]}, "unknown method 'eaze'"),
+])
+def test_invalid_prompt_compare_recipes_are_rejected(tmp_path, change, msg):
+    with pytest.raises(RecipeError, match=msg):
+        runner.run_recipe({**COMPARE, **change}, tmp_path)
