@@ -160,3 +160,25 @@ def test_state_dict_round_trip_resumes_bit_identically(cls, state_dtype):
     _train(model2, opt2, 5, seed=2)
     for k, v in model2.state_dict().items():
         assert torch.equal(v, expected[k]), k
+
+
+def test_step_counts_exactly_past_two_to_the_24_and_old_float_steps_load_as_int():
+    from lmopt.optim import SOAP
+
+    w = torch.nn.Parameter(torch.zeros(4, 3))
+    opt = SOAP([w], precondition_frequency=2, impl="reference")
+    for _ in range(2):
+        w.grad = torch.randn(4, 3)
+        opt.step()
+    opt.state[w]["step"].fill_(2**24)  # a float32 count freezes here: 2**24 + 1 rounds back down
+    q = opt.state[w]["Q0"].clone()
+    w.grad = torch.randn(4, 3)
+    opt.step()
+    assert int(opt.state[w]["step"]) == 2**24 + 1
+    w.grad = torch.randn(4, 3)
+    opt.step()  # step 2**24 + 2: a refresh is due, and happens
+    assert int(opt.state[w]["step"]) == 2**24 + 2 and not torch.equal(opt.state[w]["Q0"], q)
+    sd = opt.state_dict()
+    sd["state"][0]["step"] = torch.tensor(7.0)  # as saved by an older version
+    opt.load_state_dict(sd)
+    assert opt.state[w]["step"].dtype == torch.int64 and int(opt.state[w]["step"]) == 7

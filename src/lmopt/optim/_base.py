@@ -12,8 +12,10 @@ always available through ``impl="reference"`` / ``impl="compiled"``.
 Conventions shared by all optimizers here:
 
 * ``p.grad`` is never written; ``maximize=True`` negates a copy (inside the kernel).
-* ``state["step"]`` is a CPU float32 tensor (as in torch.optim): bias corrections are computed on the host
-  from it without a device synchronisation.
+* ``state["step"]`` is a CPU int64 tensor: bias corrections are computed on the host from it without a
+  device synchronisation, and it counts exactly past 2²⁴ steps (where torch.optim's float32 count freezes,
+  which would stop SOAP's and APOLLO's periodic refreshes). A float step from an older checkpoint is loaded
+  as int64.
 * moments are stored in ``state_dtype`` (default: the parameter's dtype; ``torch.bfloat16`` halves the
   state of fp32 models) and all arithmetic is done in fp32.
 * sparse gradients are rejected with a message; parameters whose ``grad`` is None are skipped.
@@ -223,7 +225,7 @@ class LmoptOptimizer(Optimizer):
 
     @staticmethod
     def _step_tensor() -> torch.Tensor:
-        return torch.zeros((), dtype=torch.float32)
+        return torch.zeros((), dtype=torch.int64)
 
     # -- torch contract -----------------------------------------------------------------------------------
     #: state keys always kept in fp32 whatever the parameter dtype (preconditioner matrices, norms).
@@ -257,7 +259,9 @@ class LmoptOptimizer(Optimizer):
                 if not st or pid not in originals:
                     continue
                 for k, v in originals[pid].items():
-                    if k in self._cpu_keys:
+                    if k == "step":
+                        st[k] = v.detach().to(device="cpu", dtype=torch.int64).clone()
+                    elif k in self._cpu_keys:
                         st[k] = v.detach().to("cpu").clone()
                     elif k in self._moment_keys and v.is_floating_point():
                         st[k] = v.detach().to(device=p.device, dtype=self._state_dtype(sd_group, p)).clone()
