@@ -117,6 +117,12 @@ def test_a_prompt_beats_the_seed_prompt_only_beyond_two_standard_errors():
     assert not beats_beyond_noise(0.5, 0.6, 100)
 
 
+def test_prompt_compare_refuses_to_report_without_a_test_score(tmp_path, positive_lover):
+    cfg = {**COMPARE, "budget": {"evaluations": 3, "task": {"calls": 60}}}  # the search fits, the test does not
+    with pytest.raises(RecipeError, match="stopped before its test evaluation .*raise the LM limits"):
+        runner.run_recipe(cfg, tmp_path)
+
+
 @pytest.mark.parametrize("change,msg", [
     ({"methods": [{"name": "random"}, {"name": "random"}]}, "method names must be unique"),
     ({"budget": {"evaluations": 0}}, "budget evaluations must be a positive int"),

@@ -249,20 +249,22 @@ def run_prompt_compare(cfg: dict[str, Any], run_dir: Path, progress: Any = None)
             sub.mkdir(parents=True, exist_ok=True)
             res = method.run(task, lm, r.budget, optimizer_lm=opt_lm, seed=seed, splits=splits,
                              checkpoint_dir=sub, progress=tick, eval_mode=r.eval.mode, chat=r.eval.chat)
+            if res.test_score is None or res.seed_test_score is None:
+                raise RecipeError(f"{name} seed {seed} stopped before its test evaluation ({res.stop_reason}); "
+                                  f"the comparison needs it: raise the LM limits in budget, or delete {sub} "
+                                  "and rerun")
             runs.append({"seed": seed, "val": res.val_score, "test": res.test_score,
                          "seed_prompt_test": res.seed_test_score, "best_prompt": res.best_prompt.to_dict(),
                          "n_evaluations": res.n_evaluations, "stop_reason": res.stop_reason,
                          "usage": res.usage["total"], "wall_time_s": res.wall_time_s})
-        tests = [x["test"] for x in runs if x["test"] is not None]
-        rows.append({"method": name, "paper": method.paper, "runs": runs,
-                     "test_median": statistics.median(tests) if tests else None,
-                     "test_min": min(tests, default=None), "test_max": max(tests, default=None),
+        tests = [x["test"] for x in runs]
+        rows.append({"method": name, "paper": method.paper, "runs": runs, "test_median": statistics.median(tests),
+                     "test_min": min(tests), "test_max": max(tests),
                      "val_median": statistics.median(x["val"] for x in runs)})
     seed_test = rows[0]["runs"][0]["seed_prompt_test"]
     for row in rows:
-        row["wins_vs_seed_prompt"] = sum(x["test"] is not None and x["test"] > seed_test for x in row["runs"])
-        row["beyond_noise"] = row["test_min"] is not None and beats_beyond_noise(row["test_min"], seed_test,
-                                                                                 len(splits.test))
+        row["wins_vs_seed_prompt"] = sum(x["test"] > seed_test for x in row["runs"])
+        row["beyond_noise"] = beats_beyond_noise(row["test_min"], seed_test, len(splits.test))
     results = {"kind": "prompt_compare", "name": r.name, "model": lm.name, "task": task.name, "seeds": r.seeds,
                "evaluations": evals, "seed_prompt": {"instruction": task.instruction, "test": seed_test},
                "split": {"n_train": len(splits.train), "n_val": len(splits.validation), "n_test": len(splits.test)},
@@ -300,7 +302,7 @@ def _write_compare_report(res: dict[str, Any], run_dir: Path) -> None:
                      f"against {seed_test:.3f}.")
     if len(res["rows"]) > 1:
         a, b = res["rows"][0], res["rows"][1]
-        paired = [(x["test"] or 0) - (y["test"] or 0) for x, y in zip(b["runs"], a["runs"])]
+        paired = [x["test"] - y["test"] for x, y in zip(b["runs"], a["runs"])]
         lines.append(f"- {b['method']} − {a['method']} per seed (same seed, same budget): "
                      f"{', '.join(f'{d:+.3f}' for d in paired)}; a difference of one test example is "
                      f"{1 / sp['n_test']:.3f}.")
