@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import math
 import shutil
+import types
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -34,8 +35,9 @@ import torch
 from torch.optim import Optimizer
 
 _IMPLS = ("auto", "reference", "compiled")
-_COMPILED: dict[Callable[..., Any], Callable[..., Any]] = {}
-_COMPILE_BROKEN: dict[str, str] = {}
+_COMPILED: dict[tuple[Any, ...], Callable[..., Any]] = {}
+#: (function, signature) pairs whose compilation failed, with the reason; only those run the reference.
+_COMPILE_FAILED: dict[tuple[Any, ...], str] = {}
 
 
 def check_lr(lr: Any) -> None:
@@ -95,13 +97,51 @@ def _compiler_available(device_type: str) -> str | None:
     return f"torch.compile path not validated on device type {device_type!r}"
 
 
-def compiled(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``torch.compile`` of a per-tensor maths function, built once per function and cached."""
-    cfn = _COMPILED.get(fn)
+def _signature(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """What a compiled kernel is specialised on: tensor dtypes, ranks and devices, and plain-value arguments.
+
+    Shapes are left out (the kernels are compiled with dynamic shapes), so every matrix shape of one rank
+    shares a kernel; 0-d tensors (the scalar coefficients) are data, not part of the signature.
+    """
+    sig: list[Any] = []
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            sig.append(("T", a.dtype, a.ndim, a.device.type) if a.ndim > 0 else ("S", a.dtype))
+        elif a is None or isinstance(a, (bool, int, float, str)):
+            sig.append(a)
+        else:
+            sig.append(type(a).__name__)
+    return tuple(sig)
+
+
+def _fresh_function(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A copy of ``fn`` with its own code object.
+
+    torch._dynamo counts recompilations per code object and gives up after ``recompile_limit`` (8). One copy
+    per signature gives each dtype/kernel/rank combination its own budget, so an optimizer over many dtypes
+    or kernels never exhausts a limit that another combination then inherits.
+    """
+    code = fn.__code__.replace()
+    copy = types.FunctionType(code, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+    copy.__kwdefaults__ = fn.__kwdefaults__
+    copy.__qualname__ = fn.__qualname__
+    return copy
+
+
+def compiled(fn: Callable[..., Any], signature: tuple[Any, ...] = ()) -> Callable[..., Any]:
+    """``torch.compile`` of a per-tensor maths function for one argument signature, built once and cached."""
+    key = (fn, signature)
+    cfn = _COMPILED.get(key)
     if cfn is None:
-        cfn = torch.compile(fn, fullgraph=True, dynamic=True)
-        _COMPILED[fn] = cfn
+        cfn = torch.compile(_fresh_function(fn), fullgraph=True, dynamic=True)
+        _COMPILED[key] = cfn
     return cfn
+
+
+def _plain(a: Any) -> Any:
+    """A Parameter as a plain tensor over the same storage: dynamo keeps a Parameter's shape static (one
+    compilation per shape), a plain tensor gets a symbolic shape."""
+    return a.detach() if isinstance(a, torch.nn.Parameter) else a
 
 
 def scalar(value: float, like: torch.Tensor) -> torch.Tensor:
@@ -158,7 +198,7 @@ class LmoptOptimizer(Optimizer):
     def _use_compiled(self, device: torch.device) -> bool:
         if self.impl == "reference":
             return False
-        reason = _COMPILE_BROKEN.get(device.type) or _compiler_available(device.type)
+        reason = _compiler_available(device.type)
         if reason is None:
             return True
         if self.impl == "compiled":
@@ -170,25 +210,30 @@ class LmoptOptimizer(Optimizer):
 
         With ``flat`` (elementwise maths) every tensor argument that is not 0-d is viewed as 1-D over its
         storage when all of them share one dense layout, so that one compiled kernel serves every shape
-        and stride; tensors with mismatched layouts run the reference.
+        and stride; tensors with mismatched layouts run the reference. A compilation that fails (a broken
+        toolchain, a graph dynamo cannot take) moves only that function and signature to the reference,
+        with one warning; other kernels and other optimizers keep their compiled paths.
         """
         if self._use_compiled(device):
-            flat_args = _flatten_args(args) if flat else args
-            if flat_args is None:  # mixed layouts: the reference handles any strides
+            run_args = _flatten_args(args) if flat else tuple(_plain(a) for a in args)
+            if run_args is None:  # mixed layouts: the reference handles any strides
                 fn(*args)
                 return
-            try:
-                compiled(fn)(*flat_args)
-                return
-            except Exception as exc:  # compile toolchain failure: fall back to identical eager maths
-                if self.impl == "compiled":
-                    raise
-                _COMPILE_BROKEN[device.type] = f"torch.compile failed ({type(exc).__name__}: {exc})"
-                warnings.warn(
-                    f"{type(self).__name__}: {_COMPILE_BROKEN[device.type]}; using the reference implementation",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
+            key = (fn, _signature(run_args))
+            if key not in _COMPILE_FAILED:
+                try:
+                    compiled(fn, key[1])(*run_args)
+                    return
+                except Exception as exc:  # fall back to identical eager maths for this kernel only
+                    if self.impl == "compiled":
+                        raise
+                    _COMPILE_FAILED[key] = f"torch.compile failed ({type(exc).__name__}: {exc})"
+                    warnings.warn(
+                        f"{type(self).__name__}: {_COMPILE_FAILED[key]} for {fn.__name__}; this kernel uses "
+                        "the reference implementation (same maths, slower)",
+                        RuntimeWarning,
+                        stacklevel=3,
+                    )
         fn(*args)
 
     def _grad(self, p: torch.Tensor) -> torch.Tensor | None:
