@@ -10,18 +10,23 @@ Estimators (``mu`` is the smoothing radius, ``q`` the number of fresh directions
   ``g = 1/q sum_j (f(x + mu z_j) - f(x - mu z_j)) / (2 mu) * z_j``  — ``2q`` queries;
 * one-sided with baseline ``b`` (ZO-AdaMM, arXiv 1910.06513 eq. 2; R-AdaZO, arXiv 2502.01014 eq. 3):
   ``g = 1/q sum_j (f(x + mu z_j) - b) / mu * z_j``; ``baseline="f"`` uses ``b = f(x)`` (``q + 1``
-  queries), ``baseline="average"`` the mean of the recent evaluations kept in the history (``q``
-  queries) — the averaged baseline of ZoAR (arXiv 2506.14460, Sec. 4);
+  queries); ``baseline="average"`` (``q`` queries, ZoAR, arXiv 2506.14460) gives query ``i`` the
+  *leave-one-out* mean ``b_i = (S - y_i) / (M - 1)`` of the other ``M - 1`` values it is pooled with
+  (``S`` their sum, the pool being this step's fresh values plus those kept in the history);
 * sphere directions ``u = z/||z||`` replace ``z/mu`` by ``d u / mu`` (the ``d/mu`` scaling of the papers);
-* query reuse (ZoAR, arXiv 2506.14460, Sec. 4 "query reuse", the analogue of experience replay): the
-  ``(seed, value)`` pairs of the last ``history`` steps stay in a buffer and enter the estimate as if they
-  were fresh, ``g = 1/M sum_{(s, y) in buffer} (y - b) / mu * z(s)`` over all ``M`` pairs in the buffer.
-  They were evaluated around older iterates; no importance weight is applied (reading of the paper: the
-  buffer is short and the iterates move little, which trades a small bias for variance).
+* query reuse (ZoAR, "query reuse", the analogue of experience replay): the ``(seed, value)`` pairs of the
+  last ``history`` steps stay in a buffer and enter the estimate as if they were fresh,
+  ``g = 1/M sum_{(s, y) in pool} (y - b_s) / mu * z(s)`` over all ``M`` pairs. They were evaluated around
+  older iterates; no importance weight is applied (the buffer is short and the iterates move little, which
+  trades a small bias for variance).
 
-For a quadratic every estimator above is unbiased for ``grad F_mu = grad f``; for general ``f`` the
-Gaussian ones are unbiased for the gradient of the smoothed ``F_mu(x) = E f(x + mu z)`` (Stein's identity),
-which is what ``tests/zo/test_estimator.py`` checks.
+Why leave-one-out: a baseline that contains the query's own value correlates with its direction, and
+``E[(y_i - mean(y)) z_i] = (1 - 1/M) E[y_i z_i]`` shrinks the estimate by ``1 - 1/M`` (0.5 at ``M = 2``).
+Excluding the own value makes the baseline independent of ``z_i``, so at a fixed point every estimator above
+is unbiased: for a quadratic for ``grad f`` itself, for general ``f`` the Gaussian ones for the gradient of
+the smoothed ``F_mu(x) = E f(x + mu z)`` (Stein's identity), which ``tests/zo/test_estimator.py`` and
+``tests/zo/test_zoar.py`` check. With reuse and a moving point the reused values are stale, which is the
+bias named above.
 """
 
 from __future__ import annotations
@@ -88,8 +93,9 @@ class ZOEstimator:
         q: fresh directions per step (``q >= 1``).
         directions: ``"gaussian"`` or ``"sphere"``.
         difference: ``"two-sided"`` or ``"one-sided"``.
-        baseline: for one-sided differences, ``"f"`` (query ``f(x)``) or ``"average"`` (mean of the values
-            in the history buffer; needs ``history >= 1`` to have anything but the fresh values).
+        baseline: for one-sided differences, ``"f"`` (query ``f(x)``) or ``"average"`` (leave-one-out mean
+            of the other pooled values: this step's fresh ones and those kept in the history; needs
+            ``q >= 2`` so that even the first step has another value).
         history: number of past steps whose ``(seed, value)`` pairs are kept (0 = none).
         reuse: whether the kept pairs enter the gradient estimate (ZoAR) or only the averaged baseline.
         seed: base seed; the seed of direction ``j`` at step ``t`` is ``mix_seed(seed, t, j)``.
@@ -112,6 +118,9 @@ class ZOEstimator:
         if reuse and difference != "one-sided":
             raise ValueError("query reuse needs difference='one-sided' (a reused query is one value "
                              "f(x+mu z))")
+        if difference == "one-sided" and baseline == "average" and q < 2:
+            raise ValueError("baseline='average' is a leave-one-out mean of the other queries, so it needs "
+                             f"q >= 2 fresh queries per step (got q={q}); use q=2 or baseline='f'")
         if reuse and history < 1:
             raise ValueError("query reuse needs history >= 1 (how many past steps to reuse)")
         if perturb not in PERTURB_MODES:
@@ -272,16 +281,21 @@ class ZOEstimator:
                 queries += 1
                 baseline = loss_f
             pool = [qr for past in self._buffer for qr in past] if self.history > 0 else []
-            if self.baseline == "average":
-                vals = values + [qr.value for qr in pool]
-                baseline = sum(vals) / len(vals)
             used = fresh + (pool if self.reuse else [])
             m = len(used)
-            for qr in used:
-                pg = (qr.value - baseline) / mu
+            if self.baseline == "average":
+                # leave-one-out: query i is compared with the mean of the other values it is pooled with
+                vals = [qr.value for qr in fresh + pool]
+                total, k = sum(vals), len(vals)
+                baseline = total / k  # logged; each coefficient uses its own leave-one-out mean
+                base_of = [(total - qr.value) / (k - 1) for qr in used]
+            else:
+                base_of = [baseline] * m
+            for qr, b in zip(used, base_of):
+                pg = (qr.value - b) / mu
                 seeds.append(qr.seed)
                 coefs.append(pg * (dim / qr.norm if sphere else 1.0) / m)
-            proj = [(qr.value - baseline) / mu for qr in fresh]
+            proj = [(qr.value - b) / mu for qr, b in zip(fresh, base_of)]
         if self.history > 0:
             self._buffer.append(fresh)
         loss = loss_f if loss_f is not None else sum(values) / len(values)
