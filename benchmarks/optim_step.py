@@ -90,7 +90,8 @@ def candidates(skip_slow: bool) -> list[tuple[str, str, Callable[[list[torch.Ten
 
 
 def state_bytes(opt: Any) -> int:
-    total = 0
+    """Optimizer state plus memory an optimizer keeps outside it (APOLLO's cached projections)."""
+    total = opt.projection_bytes() if hasattr(opt, "projection_bytes") else 0
     for st in opt.state.values():
         for v in st.values():
             if isinstance(v, torch.Tensor):

@@ -66,6 +66,49 @@ def test_adabelief_rectified_early_steps_are_sgd_then_adaptive():
     assert adapt == pytest.approx(lr * r / (1 - 0.9**7))
 
 
+def _adabelief_amsgrad_rectified_by_hand(grads, lr, b1, b2, eps, use_max):
+    """AdaBelief with amsgrad and rectification in float64: m, s (ε added into s), smax = max(smax, s);
+    past N_sma ≥ 5 the step is lr·r_t·√(1−β2ᵗ)/(1−β1ᵗ)·m/(√d + ε) with d the running max (lmopt) or the
+    current s (official); before it an SGD step lr/(1−β1ᵗ)·m."""
+    p = P0.clone()
+    m = torch.zeros_like(p)
+    s = torch.zeros_like(p)
+    smax = torch.zeros_like(p)
+    rho = 2 / (1 - b2) - 1
+    for t, g in enumerate(grads, start=1):
+        m = b1 * m + (1 - b1) * g
+        s = b2 * s + (1 - b2) * (g - m) ** 2 + eps
+        smax = torch.maximum(smax, s)
+        bc1, bc2 = 1 - b1**t, 1 - b2**t
+        n = rho - 2 * t * b2**t / bc2
+        if n >= 5:
+            r = math.sqrt(bc2 * (n - 4) / (rho - 4) * (n - 2) / n * rho / (rho - 2))
+            d = smax if use_max else s
+            p = p - lr * r / bc1 * m / (d.sqrt() + eps)
+        else:
+            p = p - lr / bc1 * m
+    return p
+
+
+@pytest.mark.parametrize("official", [False, True])
+def test_adabelief_amsgrad_with_rectify(official):
+    gen = torch.Generator().manual_seed(1)
+    # large early gradients then small ones: the running max stays above the current s
+    grads = [G * (3.0 if t < 4 else 0.2) + 0.1 * torch.randn(G.shape, generator=gen, dtype=torch.float64)
+             for t in range(12)]
+    lr, b1, b2, eps = 1e-2, 0.9, 0.7, 1e-8  # β2 = 0.7: ρ∞ = 5.67, so N_sma ≥ 5 after a few steps
+    p = torch.nn.Parameter(P0.clone())
+    opt = AdaBelief([p], lr=lr, betas=(b1, b2), eps=eps, amsgrad=True, amsgrad_in_rectified=not official,
+                    impl="reference")
+    for g in grads:
+        p.grad = g.clone()
+        opt.step()
+    expected = _adabelief_amsgrad_rectified_by_hand(grads, lr, b1, b2, eps, use_max=not official)
+    other = _adabelief_amsgrad_rectified_by_hand(grads, lr, b1, b2, eps, use_max=official)
+    torch.testing.assert_close(p.detach(), expected)
+    assert float((expected - other).abs().max()) > 1e-3  # the two behaviours differ on this input
+
+
 def test_exadam_first_step():
     lr, eps, b1, b2 = 1e-3, 1e-8, 0.9, 0.999
     p, _ = _one_step(EXAdam, P0, G, lr=lr, weight_decay=0.1)
@@ -100,6 +143,27 @@ def test_muon_step_matches_hand_computation():
     exp = w0 * (1 - lr * wd) - lr * math.sqrt(6 / 4) * _ns_float64(u)
     torch.testing.assert_close(p, exp)
     torch.testing.assert_close(st["momentum_buffer"], m)
+
+
+@pytest.mark.parametrize("shape", [(3, 8, 4), (8, 3, 3, 2)])
+@pytest.mark.parametrize("nd_weights", ["flatten", "official"])
+def test_muon_nd_weights(shape, nd_weights):
+    """flatten: one (rows, rest) matrix scaled by √max(1, rows/rest). official (Keller Jordan's code): a 4-D
+    weight is flattened for Newton–Schulz but scaled by its last two dims; a 3-D weight is a batch of
+    matrices, each orthogonalised and scaled by its own shape."""
+    gen = torch.Generator().manual_seed(2)
+    w0 = torch.randn(shape, generator=gen, dtype=torch.float64)
+    g = torch.randn(shape, generator=gen, dtype=torch.float64)
+    lr, beta = 0.02, 0.95
+    p, _ = _one_step(Muon, w0, g, lr=lr, momentum=beta, ns_dtype=torch.float64, nd_weights=nd_weights)
+    u = g + beta * ((1 - beta) * g - g)
+    if nd_weights == "official" and len(shape) == 3:
+        o = torch.stack([_ns_float64(m) for m in u])
+    else:
+        o = _ns_float64(u.reshape(shape[0], -1)).reshape(shape)
+    rows, cols = (shape[-2], shape[-1]) if nd_weights == "official" else (shape[0], math.prod(shape[1:]))
+    exp = w0 - lr * math.sqrt(max(1.0, rows / cols)) * o
+    torch.testing.assert_close(p, exp)
 
 
 def test_newton_schulz_singular_values_in_band():

@@ -194,6 +194,24 @@ class LmoptOptimizer(Optimizer):
         self.impl = impl
         super().__init__(params, defaults)
 
+    #: group keys accepted besides the defaults: torch's own and what LR schedulers add.
+    _extra_group_keys: frozenset[str] = frozenset({"params", "name", "initial_lr"})
+    #: hints for group keys that users bring from other implementations (key → what to use instead).
+    _group_key_hints: dict[str, str] = {}
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """torch's ``add_param_group``, but a key this optimizer does not read is an error, not ignored."""
+        if isinstance(param_group, dict):
+            unknown = sorted(set(param_group) - set(self.defaults) - self._extra_group_keys)
+            if unknown:
+                hints = "; ".join(f"{k!r}: {self._group_key_hints[k]}" for k in unknown if k in self._group_key_hints)
+                valid = ", ".join(sorted(set(self.defaults)))
+                raise ValueError(
+                    f"{type(self).__name__} param group has keys it does not use: {unknown} (they would be "
+                    f"silently ignored). {hints + '. ' if hints else ''}Valid group keys: params, {valid}"
+                )
+        super().add_param_group(param_group)
+
     # -- helpers for subclasses ---------------------------------------------------------------------------
     def _use_compiled(self, device: torch.device) -> bool:
         if self.impl == "reference":

@@ -14,8 +14,21 @@ For a 2-D weight W (m×n) in a group with ``apollo=True`` and gradient G:
 with α the ``scale`` (1 for APOLLO, 128 for APOLLO-Mini, where the rank-1 estimate underestimates the
 scaling). State per matrix: M and V of size r×n (or m×r), the previous norm and the projection seed.
 Parameters in groups with ``apollo=False`` (embeddings, norms, biases) run AdamW with the same betas/eps.
-The random projection is drawn on the CPU from the seed, so it is identical on every device and after a
-state_dict round-trip.
+
+Behaviours of the official code (zhuhanqing/APOLLO, ``apollo_torch``) and their flags:
+
+* the projected update above is the official one (ε on the uncorrected √V, bias corrections in the step
+  size, decay after the step; scaling before or after the limiter gives the same update);
+* ``aux_adamw``: the ``apollo=False`` groups run torch.optim.AdamW's rule (``"torch"``, default) or the
+  official code's (``"official"``: ε on the uncorrected √v and the decay applied after the step);
+* ``proj_seeds``: ``"lmopt"`` (default) derives the seed of refresh k from (``seed``, parameter index, k) and
+  draws P on the CPU, so P is the same on every device; ``"official"`` starts from the parameter's 1-based
+  index over all groups, advances the seed at each refresh by the official chain (the last of 15 int64
+  draws of a generator seeded with the previous seed) and draws P on the parameter's device, which
+  reproduces official trajectories (on CUDA the official draw is a CUDA generator's);
+* ``cache_projection``: P is regenerated at each refresh and kept in memory until the next (True, the
+  official behaviour: r·max(m, n) floats per matrix, reported by :meth:`APOLLO.projection_bytes`), or
+  regenerated from the seed at every step (False: no resident P, one draw per matrix per step).
 """
 
 from __future__ import annotations
@@ -59,6 +72,13 @@ def apollo_math(p: torch.Tensor, g: torch.Tensor, proj: torch.Tensor, m: torch.T
     p.copy_(p32 * decay)
 
 
+def official_next_seed(seed: int) -> int:
+    """The official code's seed chain: the last of 15 uniform int64 draws in [0, 2⁶³−1) of a CPU generator
+    seeded with ``seed``."""
+    gen = torch.Generator().manual_seed(seed)
+    return int(torch.randint(0, torch.iinfo(torch.int64).max, (15,), generator=gen)[-1])
+
+
 def _resolve_rank(rank: float, shape: torch.Size) -> int:
     short = min(shape[0], shape[1])
     r = max(1, int(round(rank * short))) if isinstance(rank, float) else int(rank)
@@ -83,18 +103,27 @@ class APOLLO(LmoptOptimizer):
         update_proj_gap: steps between projection refreshes (200).
         norm_growth_limit: γ of the norm-growth limiter (1.01); None disables it.
         seed: base seed of the projections (each matrix gets its own seed derived from it).
+        aux_adamw: ``"torch"`` | ``"official"``: the AdamW rule of ``apollo=False`` groups (module doc).
+        proj_seeds: ``"lmopt"`` | ``"official"``: how projection seeds are chained (module doc).
+        cache_projection: keep each P between refreshes (True) or regenerate it every step (False).
         maximize, state_dtype, impl: see :mod:`lmopt.optim`.
     """
 
     _moment_keys = ("exp_avg", "exp_avg_sq")
     _cpu_keys = ("step", "proj_seed")
     _fp32_keys = ("grad_norm",)
+    _group_key_hints = {
+        "proj": "mark projected groups with apollo=True and the others with apollo=False (a group without "
+                "the key is projected)",
+        "proj_type": "the projected side is always the shorter one (the official 'std' type)",
+        "scale_front": "scaling before or after the norm-growth limiter gives the same update here",
+    }
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-6, weight_decay: float = 0.0, *, rank: float = 0.25, scale_type: str = "channel",
                  scale: float = 1.0, update_proj_gap: int = 200, norm_growth_limit: float | None = 1.01,
-                 seed: int = 0, maximize: bool = False, state_dtype: torch.dtype | None = None,
-                 impl: str = "auto") -> None:
+                 seed: int = 0, aux_adamw: str = "torch", proj_seeds: str = "lmopt", cache_projection: bool = True,
+                 maximize: bool = False, state_dtype: torch.dtype | None = None, impl: str = "auto") -> None:
         check_lr(lr)
         check_betas(betas)
         check_nonneg(eps, "eps", "1e-6")
@@ -116,6 +145,11 @@ class APOLLO(LmoptOptimizer):
         if not isinstance(seed, int):
             raise ValueError(f"Invalid seed {seed!r}: must be an int")
         check_state_dtype(state_dtype)
+        if aux_adamw not in ("torch", "official"):
+            raise ValueError(f"Invalid aux_adamw {aux_adamw!r}: use 'torch' or 'official'")
+        if proj_seeds not in ("lmopt", "official"):
+            raise ValueError(f"Invalid proj_seeds {proj_seeds!r}: use 'lmopt' or 'official'")
+        self.aux_adamw, self.proj_seeds, self.cache_projection = aux_adamw, proj_seeds, bool(cache_projection)
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, rank=rank,
                         scale_type=scale_type, scale=scale, update_proj_gap=update_proj_gap,
                         norm_growth_limit=norm_growth_limit, seed=seed, apollo=True, maximize=maximize,
@@ -136,9 +170,22 @@ class APOLLO(LmoptOptimizer):
     def projection(self, p: torch.Tensor, seed: int, rank: int, left: bool) -> torch.Tensor:
         """P ~ N(0, 1/r) for ``p`` from ``seed``: (m×r) for left projection, (r×n) for right."""
         shape = (p.shape[0], rank) if left else (rank, p.shape[1])
-        gen = torch.Generator(device="cpu").manual_seed(seed)
-        mat = torch.randn(shape, generator=gen, dtype=torch.float32) / math.sqrt(rank)
+        device = p.device if self.proj_seeds == "official" else torch.device("cpu")
+        gen = torch.Generator(device=device).manual_seed(seed)
+        mat = torch.randn(shape, generator=gen, dtype=torch.float32, device=device) / math.sqrt(rank)
         return mat.to(p.device)
+
+    def projection_bytes(self) -> int:
+        """Bytes of the projections kept in memory between refreshes (0 with ``cache_projection=False``)."""
+        return sum(c[2].numel() * c[2].element_size() for c in self._proj_cache.values())
+
+    def _refresh_seed(self, st: dict[str, Any], t: int, gap: int) -> int:
+        """The seed of the projection used at step ``t`` (advancing the official chain at a refresh)."""
+        if self.proj_seeds == "official":
+            if t > 1 and (t - 1) % gap == 0:
+                st["proj_seed"] = torch.tensor(official_next_seed(int(st["proj_seed"].item())), dtype=torch.int64)
+            return int(st["proj_seed"].item())
+        return int(st["proj_seed"].item()) * 7919 + (t - 1) // gap
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
@@ -151,7 +198,7 @@ class APOLLO(LmoptOptimizer):
                     index += 1
                     g = self._grad(p)
                     if g is not None:
-                        adamw_step(self, p, g, group, group["betas"], group["eps"])
+                        adamw_step(self, p, g, group, group["betas"], group["eps"], self.aux_adamw == "official")
                 continue
             lr = float(group["lr"])
             beta1, beta2 = group["betas"]
@@ -168,18 +215,19 @@ class APOLLO(LmoptOptimizer):
                     sd = self._state_dtype(group, p)
                     shape = (rank, p.shape[1]) if left else (p.shape[0], rank)
                     st["step"] = self._step_tensor()
-                    st["proj_seed"] = torch.tensor(group["seed"] * 1_000_003 + index, dtype=torch.int64)
+                    base = index if self.proj_seeds == "official" else group["seed"] * 1_000_003 + index
+                    st["proj_seed"] = torch.tensor(base, dtype=torch.int64)
                     st["exp_avg"] = torch.zeros(shape, dtype=sd, device=p.device)
                     st["exp_avg_sq"] = torch.zeros(shape, dtype=sd, device=p.device)
                     st["grad_norm"] = torch.zeros((), dtype=torch.float32, device=p.device)
                 st["step"] += 1
                 t = int(st["step"].item())
-                refresh = (t - 1) // gap
-                seed = int(st["proj_seed"].item()) * 7919 + refresh
+                seed = self._refresh_seed(st, t, gap)
                 cached = self._proj_cache.get(p)
                 if cached is None or cached[0] != seed or cached[1] != rank:
                     cached = (seed, rank, self.projection(p, seed, rank, left))
-                    self._proj_cache[p] = cached
+                    if self.cache_projection:
+                        self._proj_cache[p] = cached
                 step_size = lr * math.sqrt(1 - beta2**t) / (1 - beta1**t) * math.sqrt(group["scale"])
                 limit = group["norm_growth_limit"]
                 self._run(apollo_math, p.device, p, g, cached[2], st["exp_avg"], st["exp_avg_sq"],
@@ -196,7 +244,9 @@ class APOLLOMini(APOLLO):
     def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-6, weight_decay: float = 0.0, *, rank: float = 1, scale: float = 128.0,
                  update_proj_gap: int = 200, norm_growth_limit: float | None = 1.01, seed: int = 0,
+                 aux_adamw: str = "torch", proj_seeds: str = "lmopt", cache_projection: bool = True,
                  maximize: bool = False, state_dtype: torch.dtype | None = None, impl: str = "auto") -> None:
         super().__init__(params, lr, betas, eps, weight_decay, rank=rank, scale_type="tensor", scale=scale,
                          update_proj_gap=update_proj_gap, norm_growth_limit=norm_growth_limit, seed=seed,
+                         aux_adamw=aux_adamw, proj_seeds=proj_seeds, cache_projection=cache_projection,
                          maximize=maximize, state_dtype=state_dtype, impl=impl)

@@ -11,6 +11,11 @@ For a 2-D (or flattened conv) weight W with gradient G::
 
 with the LR scale s named by ``adjust_lr``: ``"original"`` s = √max(1, rows/cols) (Keller Jordan's code),
 ``"match_rms_adamw"`` s = 0.2·√max(rows, cols) (Moonlight, arXiv 2502.16982 Eq. 4), ``"none"`` s = 1.
+Weights with more than two dims are handled as named by ``nd_weights``: ``"flatten"`` (default) views every
+such weight as one (rows, prod(rest)) matrix and scales by that matrix's shape; ``"official"`` does what Keller
+Jordan's code does: a 4-D (conv) weight is flattened for Newton–Schulz but its LR scale is taken from its last
+two dims (kh/kw, so 1 for square kernels), and any other N-D weight is a batch of matrices over its last two
+dims, each orthogonalised on its own (0.22–1.33× the flattened update norm on typical shapes).
 Non-matrix parameters, embeddings and the output head belong in groups with ``use_muon=False``, which run
 AdamW (lr 3e-4, betas (0.9, 0.95), eps 1e-10 by default); :func:`lmopt.optim.muon_param_groups` builds them.
 Unlike the reference code, ``p.grad`` is never modified.
@@ -29,6 +34,7 @@ from ._base import LmoptOptimizer, check_beta, check_betas, check_lr, check_nonn
 
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 ADJUST_LR = ("original", "match_rms_adamw", "none")
+ND_WEIGHTS = ("flatten", "official")
 
 
 def newton_schulz(g: torch.Tensor, steps: int = 5, coefficients: tuple[float, float, float] = NS_COEFFICIENTS,
@@ -74,18 +80,23 @@ class Muon(LmoptOptimizer):
         adjust_lr: LR scaling mode ``"original"`` | ``"match_rms_adamw"`` | ``"none"`` (see module doc).
         adamw_lr: lr of ``use_muon=False`` groups that do not set one (3e-4).
         adamw_betas, adamw_eps: AdamW's betas (0.9, 0.95) and ε (1e-10).
+        nd_weights: ``"flatten"`` | ``"official"``: how weights with more than 2 dims are orthogonalised and
+            scaled (see the module doc).
         maximize, state_dtype, impl: see :mod:`lmopt.optim`. The fast path orthogonalises all same-shape
         matrices of a group in one batched Newton–Schulz.
     """
 
     _moment_keys = ("momentum_buffer", "exp_avg", "exp_avg_sq")
+    _group_key_hints = {"betas": "AdamW groups (use_muon=False) take adamw_betas",
+                        "eps": "AdamW groups (use_muon=False) take adamw_eps"}
 
     def __init__(self, params: Iterable[Any], lr: float = 0.02, momentum: float = 0.95,
                  weight_decay: float = 0.0, *, nesterov: bool = True, ns_steps: int = 5,
                  ns_coefficients: tuple[float, float, float] = NS_COEFFICIENTS,
                  ns_dtype: torch.dtype = torch.bfloat16, adjust_lr: str = "original", adamw_lr: float = 3e-4,
                  adamw_betas: tuple[float, float] = (0.9, 0.95), adamw_eps: float = 1e-10,
-                 maximize: bool = False, state_dtype: torch.dtype | None = None, impl: str = "auto") -> None:
+                 nd_weights: str = "flatten", maximize: bool = False, state_dtype: torch.dtype | None = None,
+                 impl: str = "auto") -> None:
         check_lr(lr)
         check_lr(adamw_lr)
         check_beta(momentum, "momentum")
@@ -97,6 +108,8 @@ class Muon(LmoptOptimizer):
             raise ValueError(f"Invalid adjust_lr {adjust_lr!r}: choose one of {ADJUST_LR}")
         if ns_dtype not in (torch.bfloat16, torch.float32, torch.float16, torch.float64):
             raise ValueError(f"Invalid ns_dtype {ns_dtype!r}: use torch.bfloat16 or torch.float32")
+        if nd_weights not in ND_WEIGHTS:
+            raise ValueError(f"Invalid nd_weights {nd_weights!r}: choose one of {ND_WEIGHTS}")
         check_betas(adamw_betas, name="adamw_betas")
         check_nonneg(adamw_eps, "adamw_eps", "1e-10")
         check_state_dtype(state_dtype)
@@ -106,7 +119,7 @@ class Muon(LmoptOptimizer):
         defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov,
                         ns_steps=ns_steps, ns_coefficients=tuple(ns_coefficients), ns_dtype=ns_dtype,
                         adjust_lr=adjust_lr, use_muon=True, adamw_betas=tuple(adamw_betas), adamw_eps=adamw_eps,
-                        maximize=maximize, state_dtype=state_dtype)
+                        nd_weights=nd_weights, maximize=maximize, state_dtype=state_dtype)
         super().__init__(params, defaults, impl)
         for group in self.param_groups:
             if group["use_muon"]:
@@ -120,7 +133,8 @@ class Muon(LmoptOptimizer):
 
     @staticmethod
     def _momentum(p: torch.Tensor, g: torch.Tensor, buf: torch.Tensor, group: dict[str, Any]) -> torch.Tensor:
-        """Update the buffer and return the (Nesterov) direction as an fp32 matrix (rows, prod(rest))."""
+        """Update the buffer and return the (Nesterov) direction in fp32, as the matrix (or batch of
+        matrices) that Newton–Schulz orthogonalises."""
         beta = group["momentum"]
         g32 = g.float()
         if group["maximize"]:
@@ -128,13 +142,16 @@ class Muon(LmoptOptimizer):
         b32 = buf.float().lerp(g32, 1 - beta)
         buf.copy_(b32)
         u = g32.lerp(b32, beta) if group["nesterov"] else b32
-        return u.reshape(u.shape[0], -1)
+        if u.ndim == 2 or group["nd_weights"] == "flatten" or u.ndim == 4:
+            return u.reshape(u.shape[0], -1)
+        return u  # official: a batch of matrices over the last two dims
 
     @staticmethod
     def _apply(p: torch.Tensor, o: torch.Tensor, group: dict[str, Any]) -> None:
         lr = float(group["lr"])
-        rows, cols = o.shape[-2], o.shape[-1]
-        scale = _lr_scale(rows, cols, group["adjust_lr"])
+        # the LR scale reads the orthogonalised matrix's shape, or (official) the weight's last two dims
+        dims = p.shape if group["nd_weights"] == "official" else o.shape
+        scale = _lr_scale(dims[-2], dims[-1], group["adjust_lr"])
         p32 = p.float() * (1.0 - lr * group["weight_decay"]) - (lr * scale) * o.float().reshape(p.shape)
         p.copy_(p32)
 
@@ -149,14 +166,14 @@ class Muon(LmoptOptimizer):
                 continue
             ns = dict(steps=group["ns_steps"], coefficients=group["ns_coefficients"], dtype=group["ns_dtype"])
             batched = self.impl != "reference"
-            pending: dict[tuple[int, int, torch.device], list[tuple[torch.Tensor, torch.Tensor]]] = {}
+            pending: dict[tuple[tuple[int, ...], torch.device], list[tuple[torch.Tensor, torch.Tensor]]] = {}
             for p, g, st in self._params_with_grads(group):
                 if not st:
                     self._zero_state(st, group, p, "momentum_buffer")
                 st["step"] += 1
                 u = self._momentum(p, g, st["momentum_buffer"], group)
                 if batched:
-                    pending.setdefault((u.shape[0], u.shape[1], p.device), []).append((p, u))
+                    pending.setdefault((tuple(u.shape), p.device), []).append((p, u))
                 else:
                     self._apply(p, newton_schulz(u, **ns), group)
             for items in pending.values():
