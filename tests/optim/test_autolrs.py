@@ -76,3 +76,31 @@ def test_bad_arguments():
         AutoLRS(model, opt, lr_bounds=(1e-1, 1e-3))
     with pytest.raises(ValueError, match="tau"):
         AutoLRS(model, opt, tau=0)
+
+
+def test_stages_cap_at_max_tau_then_forecast_validation_loss():
+    model, w, target, train_step = _setup()
+    opt = torch.optim.SGD([w], lr=0.1)
+    calls = []
+
+    def val_loss():
+        calls.append(sched.search_steps)
+        return 7.0  # a constant validation series forecasts exactly 7
+
+    sched = AutoLRS(model, opt, lr_bounds=(1e-3, 1.0), tau=10, max_tau=20, n_trials=3, tau_prime_frac=0.5,
+                    min_tau_prime=5, val_loss=val_loss, val_points=5)
+    while sched.steps_done < 10 + 20 + 20 + 1:
+        sched.step(train_step)
+    assert [h["tau"] for h in sched.history] == [10, 20, 20, 20]
+    first = sched.history[0]
+    assert all(t["on"] == "train" for t in first["trials"])  # before the cap: training loss
+    capped = sched.history[1]
+    assert capped["tau_prime"] == 10 and all(t["on"] == "val" for t in capped["trials"])
+    assert [t["forecast"] for t in capped["trials"]] == pytest.approx([7.0] * 3)
+    assert len(calls) == 3 * 3 * 5  # three capped stages × 3 trials × 5 evaluations, none before the cap
+
+
+def test_max_tau_must_hold_the_first_stage():
+    model, w, _, _ = _setup()
+    with pytest.raises(ValueError, match="max_tau"):
+        AutoLRS(model, torch.optim.SGD([w], lr=0.1), tau=100, max_tau=50)

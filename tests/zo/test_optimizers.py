@@ -192,3 +192,27 @@ def test_logging_fields():
     assert info["step"] == 4 and info["queries"] == 2 and info["total_queries"] == 8
     assert len(info["projected_grads"]) == 2 and info["directions_in_estimate"] == 8
     assert math.isfinite(loss) and info["loss"] == loss
+
+
+def test_no_decay_patterns_default_and_mezo():
+    from lmopt.zo.select import MEZO_NO_DECAY_PATTERNS, param_groups
+
+    names = ["model.layers.0.self_attn.q_proj.weight", "model.layers.0.input_layernorm.weight",
+             "model.norm.weight", "lm_head.bias"]
+    named = [(n, torch.nn.Parameter(torch.zeros(2))) for n in names]
+
+    def decayed(groups):
+        ids = {id(p) for g in groups if g["weight_decay"] > 0 for p in g["params"]}
+        return [n for n, p in named if id(p) in ids]
+
+    assert decayed(param_groups(named, weight_decay=0.1)) == [names[0]]
+    # MeZO's trainer decays the final norm (its name has no 'layernorm'/'layer_norm')
+    assert decayed(param_groups(named, weight_decay=0.1, no_decay=MEZO_NO_DECAY_PATTERNS)) == [names[0], names[2]]
+
+
+def test_ackley_variants():
+    x = torch.full((8,), 0.5, dtype=torch.float64)
+    base = -20 * math.exp(-0.2 * 0.5) + 20 + math.e
+    assert float(FUNCTIONS["ackley"](x)) == pytest.approx(base - math.exp(-1.0))  # cos(2π·0.5) = −1
+    assert float(FUNCTIONS["ackley_pi"](x)) == pytest.approx(base - 1.0)  # cos(π·0.5) = 0
+    assert float(FUNCTIONS["ackley_pi"](torch.zeros(8, dtype=torch.float64))) == pytest.approx(0.0, abs=1e-12)

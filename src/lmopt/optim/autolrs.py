@@ -1,17 +1,34 @@
 """AutoLRS: automatic learning-rate schedule search during training (Jin et al., "AutoLRS: Automatic
 Learning-Rate Schedule by Bayesian Optimization on the Fly", ICLR 2021, arXiv 2105.10762, Algorithm 1).
 
-Training is split into stages; stage k lasts τ_k steps at one constant LR and τ_{k+1} = 2·τ_k. At the start of
-a stage the model and optimizer are snapshotted; Bayesian optimisation over log(LR) then proposes
-``n_trials`` LRs; each is trained for τ′ = ``tau_prime_frac``·τ_k steps from the snapshot, an exponential
-a·e^{b·x} + c is fitted to that trial's training losses and extrapolated to step τ_k, and the snapshot is
+Training is split into stages; stage k lasts τ_k steps at one constant LR and τ_{k+1} = 2·τ_k until τ reaches
+``max_tau`` (8000, the official code's cap), after which stages keep that length. At the start of a stage the
+model and optimizer are snapshotted; Bayesian optimisation over log(LR) then proposes ``n_trials`` LRs; each
+is trained for τ′ = ``tau_prime_frac``·τ_k steps (at least ``min_tau_prime``) from the snapshot, an
+exponential a·e^{b·x} + c is fitted to that trial's losses and extrapolated to step τ_k, and the snapshot is
 restored. The LR with the lowest forecast is used for the stage.
 
-Differences from the official implementation (a socket server driving an external training job): the search
-runs in-process, snapshotting and restoring ``model.state_dict()`` and ``optimizer.state_dict()``; the BO is
-optuna's Gaussian-process sampler (log-EI acquisition, not the paper's LCB); the trial losses are smoothed
-by the fit, not by the paper's additional exponential moving average. Trial steps consume training batches
-like real steps and are counted in :attr:`AutoLRS.search_steps`.
+Once τ is capped, the official code forecasts *validation* loss: pass ``val_loss`` (a callable returning the
+validation loss) and each capped-stage trial evaluates it ``val_points`` times (every τ′/16 steps in the
+official code) and forecasts that series to τ. Without ``val_loss`` the training loss is used throughout.
+
+Differences from the official implementation (a socket server, ``autolrs_server.py``, driving an external
+training job), all of which change which LR is picked:
+
+* the search runs in-process, snapshotting and restoring ``model.state_dict()`` and
+  ``optimizer.state_dict()``;
+* BO: optuna's Gaussian-process sampler with log-EI and ``n_startup_trials`` random points; the official
+  server uses scikit-optimize's GP with LCB at κ = 10⁶ (in effect pure exploration by uncertainty) and one
+  initial point, and never proposes an LR it has tried;
+* forecaster: a least-squares fit of a·e^{b·x} + c over a grid of decay rates b ≤ 0 (exact in (a, c) per
+  b), on the raw trial losses. The official one first smooths the series with an iterated quadratic
+  spline that drops the 3% largest residuals, then fits the exponential; it needs about 25 points, hence
+  ``min_tau_prime=25``;
+* defaults: the first stage is τ = 100 steps here (the official 1000 with 100-step trials suits
+  ImageNet-scale runs; pass ``tau=1000`` for it); trial steps consume training batches like real steps and
+  are counted in :attr:`AutoLRS.search_steps`;
+* the official server aborts a trial whose loss exceeds the stage's initial loss in the validation stage;
+  here a non-finite loss ends a trial (forecast +inf).
 """
 
 from __future__ import annotations
@@ -77,16 +94,20 @@ class AutoLRS:
     Args:
         model, optimizer: what is trained (snapshots cover both).
         lr_bounds: (min, max) LR of the log-uniform search space.
-        tau: length of the first stage in steps (doubles per stage; ``max_tau`` caps it).
+        tau: length of the first stage in steps (doubles per stage until ``max_tau``).
         n_trials: LRs evaluated per stage (paper ~10). tau_prime_frac: trial length as a fraction of τ (0.1).
-        min_tau_prime: the shortest trial (the fit needs a few points).
+        min_tau_prime: the shortest trial (25: the official forecaster needs about that many points).
+        max_tau: the longest stage (8000, official); None doubles forever.
+        val_loss: callable returning the validation loss; used by the trials of capped stages (official).
+        val_points: validation evaluations per trial in capped stages (16, official: every τ′/16 steps).
         seed: seed of the BO sampler.
     """
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                  lr_bounds: tuple[float, float] = (1e-4, 1e-1), tau: int = 100, *, n_trials: int = 10,
-                 tau_prime_frac: float = 0.1, min_tau_prime: int = 5, max_tau: int | None = None,
-                 n_startup_trials: int = 3, seed: int = 0) -> None:
+                 tau_prime_frac: float = 0.1, min_tau_prime: int = 25, max_tau: int | None = 8000,
+                 val_loss: Callable[[], Any] | None = None, val_points: int = 16, n_startup_trials: int = 3,
+                 seed: int = 0) -> None:
         lo, hi = lr_bounds
         if not (0 < lo < hi and math.isfinite(hi)):
             raise ValueError(f"Invalid lr_bounds {lr_bounds!r}: need 0 < min < max, e.g. (1e-4, 1e-1)")
@@ -96,6 +117,15 @@ class AutoLRS:
             raise ValueError(f"Invalid n_trials {n_trials!r}: must be an int >= 1")
         if not 0 < tau_prime_frac <= 1:
             raise ValueError(f"Invalid tau_prime_frac {tau_prime_frac!r}: must be in (0, 1]")
+        if max_tau is not None and (not isinstance(max_tau, int) or max_tau < tau):
+            raise ValueError(f"Invalid max_tau {max_tau!r}: an int >= tau ({tau}), or None for no cap")
+        if val_loss is not None and not callable(val_loss):
+            raise ValueError("val_loss must be a callable returning the validation loss, or None")
+        if not isinstance(val_points, int) or val_points < 3:
+            raise ValueError(f"Invalid val_points {val_points!r}: the forecast needs an int >= 3")
+        if not isinstance(min_tau_prime, int) or min_tau_prime < 1:
+            raise ValueError(f"Invalid min_tau_prime {min_tau_prime!r}: must be an int >= 1")
+        self.val_loss, self.val_points = val_loss, val_points
         self.model, self.optimizer = model, optimizer
         self.lr_bounds = (float(lo), float(hi))
         self.tau, self.n_trials, self.tau_prime_frac = tau, n_trials, tau_prime_frac
@@ -138,6 +168,13 @@ class AutoLRS:
             self.optimizer.step()
         return value
 
+    def _validation(self) -> float:
+        was_training = self.model.training
+        with torch.no_grad():
+            value = self.val_loss()
+        self.model.train(was_training)
+        return float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
+
     def _search(self, train_step: Callable[[], Any], tau: int) -> float:
         optuna = require("optuna", "tune")
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -145,21 +182,30 @@ class AutoLRS:
                                             n_startup_trials=min(self.n_startup_trials, self.n_trials))
         study = optuna.create_study(direction="minimize", sampler=sampler)
         tau_prime = max(self.min_tau_prime, int(round(self.tau_prime_frac * tau)))
+        # capped stages with a validation callable forecast validation loss (the official "val stage")
+        use_val = self.val_loss is not None and self.max_tau is not None and tau >= self.max_tau
+        val_every = max(1, tau_prime // self.val_points)
         snap = self._snapshot()
         trials = []
         for _ in range(self.n_trials):
             trial = study.ask()
             lr = trial.suggest_float("lr", *self.lr_bounds, log=True)
             self.set_lr(lr)
-            losses = []
-            for _ in range(tau_prime):
+            losses, series = [], []
+            for i in range(tau_prime):
                 losses.append(self._one_step(train_step))
                 self.search_steps += 1
                 if not math.isfinite(losses[-1]):
                     break
-            pred = forecast_exponential(losses, tau) if len(losses) == tau_prime else math.inf
+                if use_val and (i + 1) % val_every == 0:
+                    series.append(self._validation())
+            finished = len(losses) == tau_prime and math.isfinite(losses[-1])
+            if use_val:
+                pred = forecast_exponential(series, tau // val_every) if finished and series else math.inf
+            else:
+                pred = forecast_exponential(losses, tau) if finished else math.inf
             study.tell(trial, pred if math.isfinite(pred) else 1e30)
-            trials.append(dict(lr=lr, forecast=pred, last_loss=losses[-1]))
+            trials.append(dict(lr=lr, forecast=pred, last_loss=losses[-1], on="val" if use_val else "train"))
             self._restore(snap)
         best = min(trials, key=lambda t: t["forecast"])
         self.history.append(dict(stage=self.stage, start_step=self.steps_done, tau=tau, tau_prime=tau_prime,

@@ -2,8 +2,12 @@
 
 Each function maps a 1-D tensor ``x`` of any dimension ``d`` to a scalar tensor, is normalised by ``d``
 (or is a mean already) so that values stay O(1) as ``d`` grows, and has global minimum 0 at
-:attr:`SyntheticFunction.optimum`. ``start(d)`` is the fixed starting point used by the tests and by
-``benchmarks.zo_synthetic`` (drawn once from a fixed-seed generator, uniform in ``[-r, r]^d`` around 0).
+:attr:`SyntheticFunction.optimum`. The problems are unconstrained: there is no box and nothing is clipped;
+only the fixed start ``start(d)`` used by the tests and by ``benchmarks.zo_synthetic`` is drawn in a box
+(once, from a fixed-seed generator, uniform in ``[-r, r]^d`` around 0).
+
+Ackley: ``"ackley"`` is the standard definition (a = 20, b = 0.2, c = 2π); the ZoRD and R-AdaZO
+experiment code uses c = π, available as ``"ackley_pi"``.
 """
 
 from __future__ import annotations
@@ -34,11 +38,16 @@ def rosenbrock(x: torch.Tensor) -> torch.Tensor:
     return (100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1.0 - x[:-1]) ** 2).sum() / x.numel()
 
 
-def ackley(x: torch.Tensor) -> torch.Tensor:
-    """Ackley function (a = 20, b = 0.2, c = 2 pi); minimum 0 at 0."""
+def ackley(x: torch.Tensor, c: float = 2.0 * math.pi) -> torch.Tensor:
+    """Ackley function (a = 20, b = 0.2, c = 2π by default); minimum 0 at 0."""
     a = -20.0 * torch.exp(-0.2 * torch.sqrt((x * x).mean()))
-    b = -torch.exp(torch.cos(2.0 * math.pi * x).mean())
+    b = -torch.exp(torch.cos(c * x).mean())
     return a + b + 20.0 + math.e
+
+
+def ackley_pi(x: torch.Tensor) -> torch.Tensor:
+    """Ackley with c = π, as in the ZoRD / R-AdaZO experiment code; minimum 0 at 0."""
+    return ackley(x, math.pi)
 
 
 @dataclass(frozen=True)
@@ -64,4 +73,5 @@ FUNCTIONS: dict[str, SyntheticFunction] = {
     "levy": SyntheticFunction("levy", levy, 4.0, 1.0),
     "rosenbrock": SyntheticFunction("rosenbrock", rosenbrock, 1.0, 1.0),
     "ackley": SyntheticFunction("ackley", ackley, 2.0, 0.0),
+    "ackley_pi": SyntheticFunction("ackley_pi", ackley_pi, 2.0, 0.0),
 }

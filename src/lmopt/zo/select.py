@@ -13,7 +13,12 @@ from typing import Any
 
 import torch
 
+#: lmopt's default: no weight decay on biases and on every normalisation weight (``norm`` matches
+#: LLaMA/SmolLM2's final ``model.norm.weight`` too, ``ln_`` GPT-2's ``ln_f``).
 NO_DECAY_PATTERNS = ("bias", "norm", "layer_norm", "layernorm", "ln_")
+#: MeZO's own rule (its trainer skips decay for names containing these, case-sensitive): the final
+#: ``model.norm.weight`` of LLaMA-style models and GPT-2's ``ln_*`` weights *are* decayed.
+MEZO_NO_DECAY_PATTERNS = ("bias", "layer_norm", "layernorm")
 
 
 def named_zo_parameters(model: torch.nn.Module, *, include: Sequence[str] | None = None,
@@ -56,12 +61,19 @@ def named_zo_parameters(model: torch.nn.Module, *, include: Sequence[str] | None
 def param_groups(model_or_named: torch.nn.Module | Iterable[tuple[str, torch.nn.Parameter]], *,
                  weight_decay: float = 0.0, no_decay: Sequence[str] = NO_DECAY_PATTERNS,
                  **select: Any) -> list[dict[str, Any]]:
-    """Two param groups, with and without weight decay (MeZO: no decay on biases and LayerNorm weights)."""
+    """Two param groups, with and without weight decay.
+
+    ``no_decay``: name substrings that get no decay; :data:`NO_DECAY_PATTERNS` (default: biases and all norm
+    weights) or :data:`MEZO_NO_DECAY_PATTERNS` (MeZO's trainer, which decays e.g. ``model.norm.weight``).
+    lmopt's default matches names case-insensitively; with MeZO's patterns the match is case-sensitive, as
+    MeZO's is.
+    """
     named = (named_zo_parameters(model_or_named, **select) if isinstance(model_or_named, torch.nn.Module)
              else list(model_or_named))
     decay, plain = [], []
     for name, p in named:
-        (plain if any(k in name.lower() for k in no_decay) else decay).append(p)
+        key = name if tuple(no_decay) == MEZO_NO_DECAY_PATTERNS else name.lower()
+        (plain if any(k in key for k in no_decay) else decay).append(p)
     groups = []
     if decay:
         groups.append({"params": decay, "weight_decay": weight_decay})

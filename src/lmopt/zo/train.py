@@ -144,6 +144,8 @@ def _build_trainer_class() -> type:
 
         Extra arguments: ``zo_optimizer`` (a name from :data:`lmopt.zo.OPTIMIZERS` or a class),
         ``zo_kwargs`` (its keyword arguments besides lr/weight_decay/seed, e.g. ``mu``, ``q``) and
+        ``zo_no_decay`` (name patterns without weight decay: :data:`lmopt.zo.select.NO_DECAY_PATTERNS` by
+        default, :data:`~lmopt.zo.select.MEZO_NO_DECAY_PATTERNS` for MeZO's rule) and
         ``zo_parameters`` (``(name, param)`` pairs to perturb; default: the trainable parameters, so a
         peft model perturbs only its adapters). ``learning_rate``, ``weight_decay``, ``seed``, the LR
         scheduler and ``gradient_accumulation_steps`` come from ``TrainingArguments``. Logs gain
@@ -152,7 +154,8 @@ def _build_trainer_class() -> type:
 
         def __init__(self, *args: Any, zo_optimizer: str | type[ZOOptimizer] = "zo-sgd",
                      zo_kwargs: dict[str, Any] | None = None,
-                     zo_parameters: list[tuple[str, torch.nn.Parameter]] | None = None, **kwargs: Any) -> None:
+                     zo_parameters: list[tuple[str, torch.nn.Parameter]] | None = None,
+                     zo_no_decay: tuple[str, ...] | None = None, **kwargs: Any) -> None:
             if isinstance(zo_optimizer, str):
                 if zo_optimizer not in OPTIMIZERS:
                     raise ValueError(f"unknown zo_optimizer {zo_optimizer!r}; choose from {sorted(OPTIMIZERS)}")
@@ -164,6 +167,7 @@ def _build_trainer_class() -> type:
                     raise ValueError(f"set {k} through TrainingArguments (learning_rate / weight_decay), "
                                      "not zo_kwargs")
             self.zo_parameters = zo_parameters
+            self.zo_no_decay = zo_no_decay
             self.zo_optimizer: ZOOptimizer | None = None
             self.zo_history: list[dict[str, Any]] = []
             self._zo_pending: list[Any] = []
@@ -172,9 +176,10 @@ def _build_trainer_class() -> type:
         def create_optimizer(self, model: Any = None) -> torch.optim.Optimizer:
             if self.zo_optimizer is None:
                 named = self.zo_parameters or named_zo_parameters(self.model)
-                from .select import param_groups
+                from .select import NO_DECAY_PATTERNS, param_groups
 
-                groups = param_groups(named, weight_decay=self.args.weight_decay)
+                groups = param_groups(named, weight_decay=self.args.weight_decay,
+                                      no_decay=self.zo_no_decay or NO_DECAY_PATTERNS)
                 kwargs = {"seed": int(self.args.seed), **self.zo_kwargs}
                 self.zo_optimizer = self.zo_optimizer_cls(groups, lr=self.args.learning_rate, **kwargs)
                 self.optimizer = _LRCarrier(self.zo_optimizer)
