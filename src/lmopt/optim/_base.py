@@ -19,6 +19,11 @@ Conventions shared by all optimizers here:
 * moments are stored in ``state_dtype`` (default: the parameter's dtype; ``torch.bfloat16`` halves the
   state of fp32 models) and all arithmetic is done in fp32.
 * sparse gradients are rejected with a message; parameters whose ``grad`` is None are skipped.
+* sharded parameters (``torch.distributed`` DTensors, e.g. from FSDP2's ``fully_shard``): elementwise maths
+  runs on each rank's local shard with sharded state; maths that needs whole tensors (Muon, SOAP, APOLLO,
+  Lion-𝒦's ℓ2 kernel) gathers the parameter and gradient, updates the full tensor with state kept whole
+  (replicated) on every rank, and writes each rank's shard back. Plain DDP needs nothing: every rank holds
+  full parameters and all-reduced gradients.
 """
 
 from __future__ import annotations
@@ -180,6 +185,35 @@ def _flatten_args(args: tuple[Any, ...]) -> tuple[Any, ...] | None:
     return tuple(out)
 
 
+def is_dtensor(t: Any) -> bool:
+    """Whether ``t`` is a torch.distributed DTensor (a sharded or replicated parameter)."""
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # torch built without distributed support
+        return False
+    return isinstance(t, DTensor)
+
+
+def _local(a: Any) -> Any:
+    return a.to_local() if is_dtensor(a) else a
+
+
+def gather_full(t: torch.Tensor) -> torch.Tensor:
+    """The whole tensor as a plain tensor on every rank (``t`` itself when it is not a DTensor)."""
+    return t.full_tensor() if is_dtensor(t) else t
+
+
+def write_shard(p: torch.Tensor, full: torch.Tensor) -> None:
+    """Copy this rank's part of the updated whole tensor ``full`` into the DTensor ``p`` (no communication:
+    every rank holds the same ``full`` and slices its own shard)."""
+    if full is p:
+        return
+    from torch.distributed.tensor import distribute_tensor
+
+    shard = distribute_tensor(full, p.device_mesh, p.placements, src_data_rank=None).to_local()
+    p.to_local().copy_(shard)
+
+
 class LmoptOptimizer(Optimizer):
     """Base class: validation, implementation choice, state dtype handling and state_dict round-trip."""
 
@@ -224,6 +258,13 @@ class LmoptOptimizer(Optimizer):
         return False
 
     def _run(self, fn: Callable[..., Any], device: torch.device, *args: Any, flat: bool = True) -> None:
+        if any(is_dtensor(a) for a in args):
+            if not flat:
+                raise RuntimeError(f"{fn.__name__} needs whole tensors; gather DTensors with gather_full first")
+            args = tuple(_local(a) for a in args)  # elementwise maths: each rank updates its own shard
+        self._run_local(fn, device, *args, flat=flat)
+
+    def _run_local(self, fn: Callable[..., Any], device: torch.device, *args: Any, flat: bool = True) -> None:
         """Run ``fn`` compiled when allowed, else eagerly (the reference).
 
         With ``flat`` (elementwise maths) every tensor argument that is not 0-d is viewed as 1-D over its
@@ -273,6 +314,18 @@ class LmoptOptimizer(Optimizer):
             g = self._grad(p)
             if g is not None:
                 yield p, g, self.state[p]
+
+    def _whole_params_with_grads(self, group: dict[str, Any]
+                                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, dict[str, Any]]]:
+        """Like :meth:`_params_with_grads`, but a DTensor parameter is yielded as its gathered whole tensor
+        (with the gathered gradient), and this rank's shard is written back when the caller moves on."""
+        for p, g, st in self._params_with_grads(group):
+            if not is_dtensor(p):
+                yield p, g, st
+                continue
+            whole = gather_full(p)
+            yield whole, gather_full(g), st
+            write_shard(p, whole)
 
     def _zero_state(self, st: dict[str, Any], group: dict[str, Any], p: torch.Tensor, *keys: str,
                     memory_format: torch.memory_format = torch.preserve_format) -> None:

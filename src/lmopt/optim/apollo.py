@@ -40,7 +40,17 @@ from typing import Any
 import torch
 
 from ._adamw import adamw_step
-from ._base import LmoptOptimizer, check_betas, check_lr, check_nonneg, check_pos_int, check_state_dtype, scalar
+from ._base import (
+    LmoptOptimizer,
+    check_betas,
+    check_lr,
+    check_nonneg,
+    check_pos_int,
+    check_state_dtype,
+    gather_full,
+    scalar,
+    write_shard,
+)
 
 
 def apollo_math(p: torch.Tensor, g: torch.Tensor, proj: torch.Tensor, m: torch.Tensor, v: torch.Tensor,
@@ -203,14 +213,15 @@ class APOLLO(LmoptOptimizer):
             lr = float(group["lr"])
             beta1, beta2 = group["betas"]
             gap = group["update_proj_gap"]
-            for p in group["params"]:
+            for param in group["params"]:
                 index += 1
-                g = self._grad(p)
+                g = self._grad(param)
                 if g is None:
                     continue
+                p, g = gather_full(param), gather_full(g)  # projections need whole matrices
                 rank = _resolve_rank(group["rank"], p.shape)
                 left = p.shape[0] < p.shape[1]
-                st = self.state[p]
+                st = self.state[param]
                 if not st:
                     sd = self._state_dtype(group, p)
                     shape = (rank, p.shape[1]) if left else (p.shape[0], rank)
@@ -223,11 +234,11 @@ class APOLLO(LmoptOptimizer):
                 st["step"] += 1
                 t = int(st["step"].item())
                 seed = self._refresh_seed(st, t, gap)
-                cached = self._proj_cache.get(p)
+                cached = self._proj_cache.get(param)
                 if cached is None or cached[0] != seed or cached[1] != rank:
                     cached = (seed, rank, self.projection(p, seed, rank, left))
                     if self.cache_projection:
-                        self._proj_cache[p] = cached
+                        self._proj_cache[param] = cached
                 step_size = lr * math.sqrt(1 - beta2**t) / (1 - beta1**t) * math.sqrt(group["scale"])
                 limit = group["norm_growth_limit"]
                 self._run(apollo_math, p.device, p, g, cached[2], st["exp_avg"], st["exp_avg_sq"],
@@ -235,6 +246,7 @@ class APOLLO(LmoptOptimizer):
                           scalar(beta2, p), scalar(group["eps"], p), scalar(step_size, p),
                           scalar(1.0 - lr * group["weight_decay"], p), scalar(limit or 1.0, p), left,
                           group["scale_type"] == "channel", limit is not None, flat=False)
+                write_shard(param, p)
         return loss
 
 

@@ -87,7 +87,10 @@ class LionK(LmoptOptimizer):
         for group in self.param_groups:
             lr = float(group["lr"])
             beta1, beta2 = group["betas"]
-            for p, g, st in self._params_with_grads(group):
+            # the l2 kernel normalises by the whole tensor's norm: gather sharded parameters for it
+            pairs = (self._whole_params_with_grads(group) if group["kernel"] == "l2"
+                     else self._params_with_grads(group))
+            for p, g, st in pairs:
                 if not st:
                     self._zero_state(st, group, p, "exp_avg")
                 st["step"] += 1

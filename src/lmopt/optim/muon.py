@@ -30,7 +30,17 @@ from typing import Any
 import torch
 
 from ._adamw import adamw_step
-from ._base import LmoptOptimizer, check_beta, check_betas, check_lr, check_nonneg, check_pos_int, check_state_dtype
+from ._base import (
+    LmoptOptimizer,
+    check_beta,
+    check_betas,
+    check_lr,
+    check_nonneg,
+    check_pos_int,
+    check_state_dtype,
+    gather_full,
+    write_shard,
+)
 
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 ADJUST_LR = ("original", "match_rms_adamw", "none")
@@ -167,7 +177,10 @@ class Muon(LmoptOptimizer):
             ns = dict(steps=group["ns_steps"], coefficients=group["ns_coefficients"], dtype=group["ns_dtype"])
             batched = self.impl != "reference"
             pending: dict[tuple[tuple[int, ...], torch.device], list[tuple[torch.Tensor, torch.Tensor]]] = {}
-            for p, g, st in self._params_with_grads(group):
+            updated: list[tuple[torch.Tensor, torch.Tensor]] = []  # (parameter, whole tensor) to write back
+            for param, g, st in self._params_with_grads(group):
+                p, g = gather_full(param), gather_full(g)  # Newton–Schulz needs whole matrices
+                updated.append((param, p))
                 if not st:
                     self._zero_state(st, group, p, "momentum_buffer")
                 st["step"] += 1
@@ -183,4 +196,6 @@ class Muon(LmoptOptimizer):
                 out = newton_schulz(torch.stack([u for _, u in items]), **ns)
                 for (p, _), o in zip(items, out.unbind(0)):
                     self._apply(p, o, group)
+            for param, p in updated:
+                write_shard(param, p)
         return loss

@@ -131,7 +131,7 @@ class SOAP(LmoptOptimizer):
             lr = float(group["lr"])
             beta1, beta2 = group["betas"]
             sh_beta = group["shampoo_beta"] if group["shampoo_beta"] is not None else beta2
-            for p, g, st in self._params_with_grads(group):
+            for p, g, st in self._whole_params_with_grads(group):  # matrices need whole tensors
                 g32 = -g.float() if group["maximize"] else g.float()
                 dims = _precond_dims(p.shape, group["max_precond_dim"], group["precondition_1d"])
                 if not st:

@@ -138,6 +138,8 @@ class ZOEstimator:
         self._buffer: deque[list[_Query]] = deque(maxlen=history if history > 0 else 1)
         self._loss_dtype: torch.dtype | None = None
         self._last_log_numel = 0
+        #: maps each query's local loss to the value used (data parallelism: the mean over ranks)
+        self.reduce: Callable[[float], float] | None = None
 
     # ------------------------------------------------------------------ configuration / state
     @property
@@ -198,6 +200,8 @@ class ZOEstimator:
         else:
             raise ZOClosureError(f"the closure must return the loss as a float or scalar tensor, "
                                  f"got {type(out).__name__}")
+        if self.reduce is not None:  # data parallel: the mean of the ranks' shard losses, one float
+            value = self.reduce(value)
         if not math.isfinite(value):
             raise NonFiniteLossError(
                 f"the closure returned a non-finite loss ({value}) at step {step}, query {where}; the "

@@ -105,6 +105,54 @@ class ZOOptimizer(torch.optim.Optimizer):
     def mu(self) -> float:
         return self.estimator.mu
 
+    # ------------------------------------------------------------------ data parallelism
+    def distribute(self, process_group: Any = None) -> ZOOptimizer:
+        """Data parallelism over ``torch.distributed`` (already initialised): every rank holds the same
+        parameters and evaluates the same seeded perturbations on its own shard of the batch; each query's
+        loss is averaged over the ranks with one all-reduce of one float, so every rank computes the same
+        estimate and takes the same step. With equal shard sizes this is the single-process step on the
+        whole batch. The first step checks that the parameters agree across ranks. Returns ``self``.
+
+        Every rank must call ``step`` the same number of times (the all-reduce is collective); a closure
+        that raises on one rank only leaves the others waiting.
+        """
+        import torch.distributed as dist
+
+        if not dist.is_available() or not dist.is_initialized():
+            raise RuntimeError("distribute() needs torch.distributed initialised first: call "
+                               "torch.distributed.init_process_group(...) (torchrun sets the environment)")
+        world = dist.get_world_size(process_group)
+        device = next(p for _, p in self._indexed()).device
+        if dist.get_backend(process_group) == "nccl" and device.type != "cuda":
+            raise RuntimeError("the nccl backend reduces CUDA tensors: move the model to its GPU first")
+
+        def mean_over_ranks(value: float) -> float:
+            t = torch.tensor([value], dtype=torch.float64, device=device)
+            dist.all_reduce(t, group=process_group)
+            return float(t.item()) / world
+
+        self.estimator.reduce = mean_over_ranks
+        self._dist = (process_group, device)
+        self._dist_checked = False
+        return self
+
+    def _check_same_parameters(self) -> None:
+        """One all-reduce of a checksum: ranks whose parameters differ would silently diverge."""
+        import torch.distributed as dist
+
+        group, device = self._dist
+        total = sum(float(p.detach().double().sum()) for _, p in self._indexed())
+        t = torch.tensor([total, -total, float(self.zo_step), -float(self.zo_step)], dtype=torch.float64,
+                         device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
+        if float(t[0]) != total or float(-t[1]) != total or float(t[2]) != -float(t[3]):
+            raise RuntimeError(
+                "zeroth-order data parallelism needs identical parameters and step counts on every rank, but "
+                "they differ: build the model from the same seed, or broadcast it from rank 0 "
+                "(torch.distributed.broadcast of each parameter) before the first step"
+            )
+        self._dist_checked = True
+
     # ------------------------------------------------------------------ the step
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> float:  # type: ignore[override]
@@ -115,6 +163,8 @@ class ZOOptimizer(torch.optim.Optimizer):
                 "opt.step(lambda: loss_fn(model(x), y)); a zeroth-order optimizer has no gradients to read"
             )
         self._check_devices()
+        if getattr(self, "_dist", None) is not None and not self._dist_checked:
+            self._check_same_parameters()
         indexed = self._indexed()
         est = self.estimator.estimate(closure, indexed, self.zo_step)
         self.apply_estimate(est)
