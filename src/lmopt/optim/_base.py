@@ -28,10 +28,7 @@ Conventions shared by all optimizers here:
 
 from __future__ import annotations
 
-import functools
 import math
-import shutil
-import types
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -39,8 +36,9 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
+from lmopt._compile import _COMPILED, _compiler_available, _signature, compiled  # noqa: F401  (re-exported)
+
 _IMPLS = ("auto", "reference", "compiled")
-_COMPILED: dict[tuple[Any, ...], Callable[..., Any]] = {}
 #: (function, signature) pairs whose compilation failed, with the reason; only those run the reference.
 _COMPILE_FAILED: dict[tuple[Any, ...], str] = {}
 
@@ -84,65 +82,6 @@ def check_state_dtype(dtype: Any) -> None:
         )
 
 
-@functools.cache
-def _compiler_available(device_type: str) -> str | None:
-    """Return None when torch.compile can build kernels for ``device_type``, else the reason."""
-    if not hasattr(torch, "compile"):
-        return "torch.compile is not available in this torch build"
-    if device_type == "cpu":
-        if shutil.which("g++") is None and shutil.which("c++") is None and shutil.which("clang++") is None:
-            return "no C++ compiler (g++/clang++) on PATH for torch.compile's CPU backend"
-        return None
-    if device_type == "cuda":
-        try:
-            import triton  # noqa: F401
-        except ImportError:
-            return "triton is not installed"
-        return None
-    return f"torch.compile path not validated on device type {device_type!r}"
-
-
-def _signature(args: tuple[Any, ...]) -> tuple[Any, ...]:
-    """What a compiled kernel is specialised on: tensor dtypes, ranks and devices, and plain-value arguments.
-
-    Shapes are left out (the kernels are compiled with dynamic shapes), so every matrix shape of one rank
-    shares a kernel; 0-d tensors (the scalar coefficients) are data, not part of the signature.
-    """
-    sig: list[Any] = []
-    for a in args:
-        if isinstance(a, torch.Tensor):
-            sig.append(("T", a.dtype, a.ndim, a.device.type) if a.ndim > 0 else ("S", a.dtype))
-        elif a is None or isinstance(a, (bool, int, float, str)):
-            sig.append(a)
-        else:
-            sig.append(type(a).__name__)
-    return tuple(sig)
-
-
-def _fresh_function(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """A copy of ``fn`` with its own code object.
-
-    torch._dynamo counts recompilations per code object and gives up after ``recompile_limit`` (8). One copy
-    per signature gives each dtype/kernel/rank combination its own budget, so an optimizer over many dtypes
-    or kernels never exhausts a limit that another combination then inherits.
-    """
-    code = fn.__code__.replace()
-    copy = types.FunctionType(code, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
-    copy.__kwdefaults__ = fn.__kwdefaults__
-    copy.__qualname__ = fn.__qualname__
-    return copy
-
-
-def compiled(fn: Callable[..., Any], signature: tuple[Any, ...] = ()) -> Callable[..., Any]:
-    """``torch.compile`` of a per-tensor maths function for one argument signature, built once and cached."""
-    key = (fn, signature)
-    cfn = _COMPILED.get(key)
-    if cfn is None:
-        cfn = torch.compile(_fresh_function(fn), fullgraph=True, dynamic=True)
-        _COMPILED[key] = cfn
-    return cfn
-
-
 def _plain(a: Any) -> Any:
     """A Parameter as a plain tensor over the same storage: dynamo keeps a Parameter's shape static (one
     compilation per shape), a plain tensor gets a symbolic shape."""
@@ -179,7 +118,7 @@ def _flatten_args(args: tuple[Any, ...]) -> tuple[Any, ...] | None:
             flat = _dense_flat(a)
             if flat is None:
                 return None
-            out.append(flat)
+            out.append(flat.detach())  # no view base: dynamo would guard on the base's rank and size
         else:
             out.append(a)
     return tuple(out)

@@ -40,7 +40,7 @@ from typing import Any
 import torch
 
 from .directions import DirectionSampler, mix_seed
-from .perturb import PERTURB_MODES, compute_dtype, perturb_, restore_
+from .perturb import PERTURB_MODES, RestoreLog, compute_dtype, perturb_, restore_, swap_perturbation_
 
 DIFFERENCES = ("two-sided", "one-sided")
 BASELINES = ("f", "average")
@@ -66,6 +66,9 @@ class Estimate:
     values: list[float] = field(default_factory=list)
     baseline: float | None = None
     restore_log_numel: int = 0
+    #: ``(seed, scale, log)`` of a perturbation still applied (``estimate(defer_restore=True)``): the caller
+    #: must undo it, chunk by chunk, in its update pass
+    pending_restore: tuple[int, float, RestoreLog] | None = None
 
 
 @dataclass
@@ -225,6 +228,29 @@ class ZOEstimator:
             restore_(tensors, seed, scale, self.sampler, log)
             self._last_log_numel = max(self._last_log_numel, log.numel if log is not None else 0)
 
+    def _two_point_exact(self, closure, tensors, seed: int, scale: float, step: int, defer: bool
+                         ) -> tuple[float, float, tuple[int, float, RestoreLog] | None]:
+        """``f(theta + scale z)`` and ``f(theta - scale z)`` in two passes over the parameters instead of four:
+        the restore of ``+`` and the perturbation ``-`` share one pass (one generation of each chunk of z).
+        With ``defer`` the ``-`` perturbation is left applied and returned for the caller's update pass."""
+        log = perturb_(tensors, seed, scale, self.sampler, exact=True)
+        try:
+            y_plus = self._evaluate(closure, tensors, "theta+mu*z", step)
+        except BaseException:
+            restore_(tensors, seed, scale, self.sampler, log)
+            raise
+        log2 = swap_perturbation_(tensors, seed, scale, -scale, self.sampler, log)
+        self._last_log_numel = max(self._last_log_numel, log.numel, log2.numel)
+        try:
+            y_minus = self._evaluate(closure, tensors, "theta-mu*z", step)
+        except BaseException:
+            restore_(tensors, seed, -scale, self.sampler, log2)
+            raise
+        if defer:
+            return y_plus, y_minus, (seed, -scale, log2)
+        restore_(tensors, seed, -scale, self.sampler, log2)
+        return y_plus, y_minus, None
+
     def _two_point_mezo(self, closure, tensors, seed: int, scale: float, step: int) -> tuple[float, float]:
         """MeZO's literal sequence: +eps, f, -2eps, f, +eps (drifts; for bit-for-bit comparisons)."""
         perturb_(tensors, seed, scale, self.sampler, exact=False)
@@ -242,8 +268,13 @@ class ZOEstimator:
 
     # ------------------------------------------------------------------ the estimate
     def estimate(self, closure: Callable[[], Any], tensors: Sequence[tuple[int, torch.Tensor]],
-                 step: int) -> Estimate:
-        """Query ``closure`` around the current tensors and return the seed-space estimate for ``step``."""
+                 step: int, defer_restore: bool = False) -> Estimate:
+        """Query ``closure`` around the current tensors and return the seed-space estimate for ``step``.
+
+        With ``defer_restore`` (two-sided, exact perturbation) the last direction's ``-`` perturbation is left
+        applied and recorded in :attr:`Estimate.pending_restore`, so that an optimizer can undo it in the same
+        pass as its update (one pass over the parameters fewer); anything else leaves the tensors restored.
+        """
         self._last_log_numel = 0
         self._loss_dtype = None
         sphere = self.directions == "sphere"
@@ -256,6 +287,7 @@ class ZOEstimator:
         values: list[float] = []
         queries = 0
         loss_f: float | None = None
+        pending = None
         for j in range(self.q):
             s = self.direction_seed(step, j)
             norm = self.sampler.norm(s, tensors) if sphere else 1.0
@@ -265,8 +297,8 @@ class ZOEstimator:
                     y_plus, y_minus = self._two_point_mezo(closure, tensors, s, scale, step)
                     self._last_log_numel = 0
                 else:
-                    y_plus = self._query(closure, tensors, s, scale, step, "theta+mu*z")
-                    y_minus = self._query(closure, tensors, s, -scale, step, "theta-mu*z")
+                    y_plus, y_minus, pending = self._two_point_exact(closure, tensors, s, scale, step,
+                                                                     defer_restore and j == self.q - 1)
                 queries += 2
                 pg = self._difference(y_plus, y_minus, 2 * mu)
                 proj.append(pg)
@@ -304,20 +336,26 @@ class ZOEstimator:
             self._buffer.append(fresh)
         loss = loss_f if loss_f is not None else sum(values) / len(values)
         return Estimate(seeds=seeds, coefs=coefs, loss=loss, projected_grads=proj, queries=queries,
-                        values=values, baseline=baseline, restore_log_numel=self._last_log_numel)
+                        values=values, baseline=baseline, restore_log_numel=self._last_log_numel,
+                        pending_restore=pending)
 
     # ------------------------------------------------------------------ materialising g
     def materialize_chunk(self, est: Estimate, tensor_index: int, chunk_index: int, n: int,
-                          device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+                          device: torch.device, dtype: torch.dtype = torch.float32,
+                          known: tuple[int, torch.Tensor] | None = None) -> torch.Tensor:
         """``g`` restricted to one chunk of one tensor: ``sum_i coef_i * z_i`` (computed in ``dtype``).
 
+        ``known = (seed, z_chunk)`` supplies one direction's chunk already generated (not regenerated).
         The result lives in a reused workspace buffer: it is valid until the next call.
         """
         g = self.sampler.workspace.get("g", n, dtype, device)
         if not est.seeds:
             return g.zero_()
         for i, (s, c) in enumerate(zip(est.seeds, est.coefs)):
-            z = self.sampler.chunk_into(s, tensor_index, chunk_index, n, device)
+            if known is not None and s == known[0]:
+                z = known[1]
+            else:
+                z = self.sampler.chunk_into(s, tensor_index, chunk_index, n, device)
             if z.dtype != dtype:
                 z = z.to(dtype)
             if i == 0:

@@ -31,7 +31,7 @@ import torch
 from . import rules
 from .directions import chunk_bounds
 from .estimator import Estimate, ZOEstimator
-from .perturb import compute_dtype, flat_view
+from .perturb import compute_dtype, flat_view, restore_chunk_
 
 ParamsT = Iterable[torch.Tensor] | Iterable[dict[str, Any]]
 
@@ -166,12 +166,17 @@ class ZOOptimizer(torch.optim.Optimizer):
         if getattr(self, "_dist", None) is not None and not self._dist_checked:
             self._check_same_parameters()
         indexed = self._indexed()
-        est = self.estimator.estimate(closure, indexed, self.zo_step)
+        # the last perturbation is undone inside the update pass (one pass over the parameters fewer)
+        est = self.estimator.estimate(closure, indexed, self.zo_step, defer_restore=True)
         self.apply_estimate(est)
         return est.loss
 
     def apply_estimate(self, est: Estimate) -> None:
-        """Apply a seed-space estimate with this optimizer's rule (chunk by chunk) and log the step."""
+        """Apply a seed-space estimate with this optimizer's rule (chunk by chunk) and log the step.
+
+        A perturbation left applied by ``estimate(defer_restore=True)`` is undone in the same pass."""
+        pending = est.pending_restore
+        self._pending_entries = pending[2].by_chunk() if pending is not None else {}
         idx = 0
         for group in self.param_groups:
             for p in group["params"]:
@@ -197,9 +202,17 @@ class ZOOptimizer(torch.optim.Optimizer):
         flat = flat_view(p)
         cdt = compute_dtype(flat.dtype)
         st = self._state_for(idx, p)
-        for ci, start, end in chunk_bounds(flat.numel(), self.estimator.sampler.chunk_size):
-            g = self.estimator.materialize_chunk(est, idx, ci, end - start, flat.device, cdt)
+        sampler = self.estimator.sampler
+        pending = est.pending_restore
+        entries = self._pending_entries
+        for ci, start, end in chunk_bounds(flat.numel(), sampler.chunk_size):
             seg = flat[start:end]
+            known = None
+            if pending is not None:  # undo the last perturbation exactly, reusing its chunk of z for g
+                z = sampler.chunk_into(pending[0], idx, ci, end - start, flat.device, name="z_pending")
+                restore_chunk_(seg, z, pending[1], entries.get((idx, start)))
+                known = (pending[0], z)
+            g = self.estimator.materialize_chunk(est, idx, ci, end - start, flat.device, cdt, known)
             x = seg if seg.dtype == cdt else seg.to(cdt)
             self._update_chunk(x, g, {k: v[start:end] for k, v in st.items()}, group)
             if x is not seg:
