@@ -28,6 +28,7 @@ Conventions shared by all optimizers here:
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -88,9 +89,19 @@ def _plain(a: Any) -> Any:
     return a.detach() if isinstance(a, torch.nn.Parameter) else a
 
 
-def scalar(value: float, like: torch.Tensor) -> torch.Tensor:
-    """A float64 0-d CPU tensor: a kernel argument that does not trigger recompilation when it changes."""
+@functools.lru_cache(maxsize=4096)
+def _scalar_tensor(value: float, sign: float) -> torch.Tensor:
     return torch.tensor(value, dtype=torch.float64)
+
+
+def scalar(value: float, like: torch.Tensor) -> torch.Tensor:
+    """A float64 0-d CPU tensor: a kernel argument that does not trigger recompilation when it changes.
+
+    Cached by value (kernels only read it), so a step allocates no small tensors per parameter: each
+    distinct hyper-parameter value of a step is one tensor, shared by every parameter of its group.
+    """
+    value = float(value)
+    return _scalar_tensor(value, math.copysign(1.0, value))
 
 
 def _dense_flat(t: torch.Tensor) -> torch.Tensor | None:

@@ -57,9 +57,13 @@ def apollo_math(p: torch.Tensor, g: torch.Tensor, proj: torch.Tensor, m: torch.T
                 prev_norm: torch.Tensor, gsign: torch.Tensor, beta1: torch.Tensor, beta2: torch.Tensor,
                 eps: torch.Tensor, step_size: torch.Tensor, decay: torch.Tensor, limit: torch.Tensor,
                 left: bool, per_channel: bool, use_limiter: bool) -> None:
-    """One APOLLO step on one matrix. ``proj`` is P (m×r) when ``left`` else (r×n)."""
-    g32 = g.float() * gsign
-    r = proj.mT @ g32 if left else g32 @ proj.mT
+    """One APOLLO step on one matrix. ``proj`` is P (m×r) when ``left`` else (r×n).
+
+    The norm of the scaled gradient G·s is computed from per-channel sums of squares of G (‖G·s‖² =
+    Σ_c s_c²‖G_c‖²) rather than from G·s itself, so the full-size matrix is read by the projection and one
+    reduction and written once, by the final update."""
+    g32 = g.float()  # the sign of a maximisation is applied to the small R and to the update's coefficient,
+    r = (proj.mT @ g32 if left else g32 @ proj.mT) * gsign  # so no full-size copy of G is written
     m32 = m.float() * beta1 + r * (1 - beta1)
     v32 = v.float() * beta2 + r * r * (1 - beta2)
     m.copy_(m32)
@@ -69,17 +73,17 @@ def apollo_math(p: torch.Tensor, g: torch.Tensor, proj: torch.Tensor, m: torch.T
         dim = 0 if left else 1  # channels are the unprojected side
         s = torch.linalg.vector_norm(r_tilde, dim=dim, keepdim=True) / (
             torch.linalg.vector_norm(r, dim=dim, keepdim=True) + 1e-8)
+        norm = torch.sqrt((s * s * (g32 * g32).sum(dim=dim, keepdim=True)).sum())
     else:
         s = torch.linalg.vector_norm(r_tilde) / (torch.linalg.vector_norm(r) + 1e-8)
-    g_tilde = g32 * s
+        norm = s * torch.linalg.vector_norm(g32)
+    coef = s * (step_size * gsign)
     if use_limiter:
-        norm = torch.linalg.vector_norm(g_tilde)
         ratio = norm / (prev_norm + 1e-8)
         factor = torch.where(prev_norm > 0, torch.clamp(ratio, min=limit) / limit, torch.ones_like(ratio))
-        g_tilde = g_tilde / factor
+        coef = coef / factor
         prev_norm.copy_(norm / factor)
-    p32 = p.float() - step_size * g_tilde
-    p.copy_(p32 * decay)
+    p.copy_((p.float() - coef * g32) * decay)
 
 
 def official_next_seed(seed: int) -> int:

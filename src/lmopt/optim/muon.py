@@ -62,10 +62,13 @@ def newton_schulz(g: torch.Tensor, steps: int = 5, coefficients: tuple[float, fl
     if transposed:
         x = x.mT
     x = x / (torch.linalg.vector_norm(x, dim=(-2, -1), keepdim=True) + eps)
+    # B = bA + cA² and aX + BX as fused multiply-adds (addmm / baddbmm): the same maths with fewer passes
+    # over the matrices than separate scalings and additions
+    mm = torch.addmm if x.ndim == 2 else torch.baddbmm
     for _ in range(steps):
         A = x @ x.mT
-        B = b * A + c * (A @ A)
-        x = a * x + B @ x
+        B = mm(A, A, A, beta=b, alpha=c)
+        x = mm(x, B, x, beta=a)
     if transposed:
         x = x.mT
     return x
@@ -143,15 +146,19 @@ class Muon(LmoptOptimizer):
 
     @staticmethod
     def _momentum(p: torch.Tensor, g: torch.Tensor, buf: torch.Tensor, group: dict[str, Any]) -> torch.Tensor:
-        """Update the buffer and return the (Nesterov) direction in fp32, as the matrix (or batch of
-        matrices) that Newton–Schulz orthogonalises."""
+        """Update the buffer and return the (Nesterov) direction in the Newton–Schulz dtype, as the matrix
+        (or batch of matrices) that Newton–Schulz orthogonalises."""
         beta = group["momentum"]
         g32 = g.float()
         if group["maximize"]:
             g32 = -g32
-        b32 = buf.float().lerp(g32, 1 - beta)
-        buf.copy_(b32)
+        if buf.dtype == torch.float32:  # in place, as torch.optim.Muon
+            b32 = buf.lerp_(g32, 1 - beta)
+        else:
+            b32 = buf.float().lerp(g32, 1 - beta)
+            buf.copy_(b32)
         u = g32.lerp(b32, beta) if group["nesterov"] else b32
+        u = u.to(group["ns_dtype"])  # before any batching copy: half the bytes to move
         if u.ndim == 2 or group["nd_weights"] == "flatten" or u.ndim == 4:
             return u.reshape(u.shape[0], -1)
         return u  # official: a batch of matrices over the last two dims
@@ -162,6 +169,9 @@ class Muon(LmoptOptimizer):
         # the LR scale reads the orthogonalised matrix's shape, or (official) the weight's last two dims
         dims = p.shape if group["nd_weights"] == "official" else o.shape
         scale = _lr_scale(dims[-2], dims[-1], group["adjust_lr"])
+        if p.dtype == torch.float32:  # in place; the bf16 update is widened by the addition itself
+            p.mul_(1.0 - lr * group["weight_decay"]).add_(o.reshape(p.shape), alpha=-lr * scale)
+            return
         p32 = p.float() * (1.0 - lr * group["weight_decay"]) - (lr * scale) * o.float().reshape(p.shape)
         p.copy_(p32)
 
