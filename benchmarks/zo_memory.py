@@ -1,6 +1,6 @@
 """Peak memory and time of one ZO step vs one inference pass vs one AdamW step on SmolLM2-135M.
 
-    python -m benchmarks.zo_memory [--quick] [--out DIR] [--seeds N]
+    python -m benchmarks.zo_memory [--quick] [--out DIR] [--seeds N] [--device cpu|cuda]
 
 One process loads the embedded SmolLM2-135M-Instruct (fp32) once and runs, on the same batch
 (8 x 64 tokens; quick: 2 x 32): a forward-only pass under ``torch.no_grad()``, one ZO-SGD step
@@ -10,7 +10,8 @@ counter-based generator; one untimed warm-up step each, which compiles the kerne
 (forward + backward + update, state allocated on the first step). Peak memory is the
 process RSS sampled every ~1 ms by a background thread during each phase (CPU: no allocator counters);
 each phase is repeated ``--seeds`` times (default 3) and the median is reported, with time as a ratio to
-the forward pass measured in the same run. Goals from the issue: ZO peak <= 1.10 x inference, ZO step
+the forward pass measured in the same run. With ``--device cuda`` the model runs on the GPU, peak memory
+is ``torch.cuda.max_memory_allocated`` per phase and every phase ends with a synchronisation. Goals: ZO peak <= 1.10 x inference, ZO step
 time <= 2.2 x one forward, AdamW peak >= 3 x ZO peak.
 """
 
@@ -60,8 +61,29 @@ class PeakRSS:
         self.peak = max(self.peak, rss_bytes())
 
 
+class PeakCUDA:
+    """Peak bytes allocated by torch on the current GPU between ``__enter__`` and ``__exit__``."""
+
+    def __enter__(self) -> PeakCUDA:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        torch.cuda.synchronize()
+        self.peak = torch.cuda.max_memory_allocated()
+
+
+def _extra(p: Any) -> None:
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the model runs")
+
+
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args("zo_memory", __doc__.splitlines()[0], default_seeds=3, argv=argv)
+    args = parse_args("zo_memory", __doc__.splitlines()[0], default_seeds=3, argv=argv, extra=_extra)
+    cuda = args.device == "cuda"
+    if cuda and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is visible to torch")
+    Peak = PeakCUDA if cuda else PeakRSS
     reps = args.seeds or (1 if args.quick else 3)
     batch, seq = (2, 32) if args.quick else (8, 64)
 
@@ -69,12 +91,12 @@ def main(argv: list[str] | None = None) -> None:
     from lmopt.zo import ZOSGD
 
     model, _ = load_causal_lm()
-    model.eval()
+    model.eval().to(args.device)
     n_params = sum(p.numel() for p in model.parameters())
     gen = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, model.config.vocab_size, (batch, seq), generator=gen)
+    ids = torch.randint(0, model.config.vocab_size, (batch, seq), generator=gen).to(args.device)
     inputs = {"input_ids": ids, "labels": ids}
-    rest_rss = rss_bytes()
+    rest_rss = torch.cuda.memory_allocated() if cuda else rss_bytes()
 
     def forward_loss() -> torch.Tensor:
         return model(**inputs).loss
@@ -89,9 +111,11 @@ def main(argv: list[str] | None = None) -> None:
     with Progress() as progress:
         bar = progress.add_task("phases", total=(2 + len(kinds)) * reps)
         for _ in range(reps):
-            with PeakRSS() as m, torch.no_grad():
+            with Peak() as m, torch.no_grad():
                 t0 = time.perf_counter()
                 forward_loss()
+                if cuda:
+                    torch.cuda.synchronize()
                 dt = time.perf_counter() - t0
             phases["inference"]["peak"].append(m.peak)
             phases["inference"]["seconds"].append(dt)
@@ -100,9 +124,11 @@ def main(argv: list[str] | None = None) -> None:
             opt = ZOSGD(model.parameters(), lr=1e-7, mu=1e-3, seed=0, directions=kind)
             opt.step(forward_loss)  # warm-up: compiles the perturbation (and counter) kernels
             for _ in range(reps):
-                with PeakRSS() as m:
+                with Peak() as m:
                     t0 = time.perf_counter()
                     opt.step(forward_loss)
+                    if cuda:
+                        torch.cuda.synchronize()
                     dt = time.perf_counter() - t0
                 phases[phase]["peak"].append(m.peak)
                 phases[phase]["seconds"].append(dt)
@@ -113,11 +139,13 @@ def main(argv: list[str] | None = None) -> None:
         model.train()
         adamw = torch.optim.AdamW(model.parameters(), lr=1e-5)
         for _ in range(reps):
-            with PeakRSS() as m:
+            with Peak() as m:
                 t0 = time.perf_counter()
                 adamw.zero_grad(set_to_none=False)
                 forward_loss().backward()
                 adamw.step()
+                if cuda:
+                    torch.cuda.synchronize()
                 dt = time.perf_counter() - t0
             phases["adamw_step"]["peak"].append(m.peak)
             phases["adamw_step"]["seconds"].append(dt)
@@ -136,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
         "zo_extra_over_inference_mb": (zo["peak_bytes"] - inf["peak_bytes"]) / 2**20,
     }
     results = {
-        "setup": {"model": "SmolLM2-135M-Instruct fp32", "params": n_params, "batch": batch, "seq": seq,
+        "setup": {"model": "SmolLM2-135M-Instruct fp32", "device": args.device, "params": n_params, "batch": batch, "seq": seq,
                   "reps": reps, "rss_after_load_mb": rest_rss / 2**20, "zo_chunk_elements": 1 << 20,
                   "param_mb": n_params * 4 / 2**20, "threads": torch.get_num_threads()},
         "phases": {k: {"peak_mb": median_spread([p / 2**20 for p in v["peak"]]),
