@@ -11,8 +11,8 @@ counter-based generator; one untimed warm-up step each, which compiles the kerne
 process RSS sampled every ~1 ms by a background thread during each phase (CPU: no allocator counters);
 each phase is repeated ``--seeds`` times (default 3) and the median is reported, with time as a ratio to
 the forward pass measured in the same run. With ``--device cuda`` the model runs on the GPU, peak memory
-is ``torch.cuda.max_memory_allocated`` per phase and every phase ends with a synchronisation. Goals: ZO peak <= 1.10 x inference, ZO step
-time <= 2.2 x one forward, AdamW peak >= 3 x ZO peak.
+is ``torch.cuda.max_memory_allocated`` per phase and every phase ends with a synchronisation. Goals: ZO peak
+<= 1.10 x inference, ZO step time <= 2.2 x one forward, AdamW peak >= 3 x ZO peak.
 """
 
 from __future__ import annotations
@@ -164,8 +164,9 @@ def main(argv: list[str] | None = None) -> None:
         "zo_extra_over_inference_mb": (zo["peak_bytes"] - inf["peak_bytes"]) / 2**20,
     }
     results = {
-        "setup": {"model": "SmolLM2-135M-Instruct fp32", "device": args.device, "params": n_params, "batch": batch, "seq": seq,
-                  "reps": reps, "rss_after_load_mb": rest_rss / 2**20, "zo_chunk_elements": 1 << 20,
+        "setup": {"model": "SmolLM2-135M-Instruct fp32", "device": args.device, "params": n_params,
+                  "batch": batch, "seq": seq, "reps": reps, "rss_after_load_mb": rest_rss / 2**20,
+                  "zo_chunk_elements": 1 << 20,
                   "param_mb": n_params * 4 / 2**20, "threads": torch.get_num_threads()},
         "phases": {k: {"peak_mb": median_spread([p / 2**20 for p in v["peak"]]),
                        "seconds": median_spread(v["seconds"])} for k, v in phases.items()},

@@ -104,6 +104,20 @@ def scalar(value: float, like: torch.Tensor) -> torch.Tensor:
     return _scalar_tensor(value, math.copysign(1.0, value))
 
 
+def _distinct_scalars(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Equal hyper-parameter values share one cached tensor; passing one tensor in two argument slots would
+    make dynamo guard on (and recompile for) that aliasing, so a repeated one is passed as a copy."""
+    seen: set[int] = set()
+    out = []
+    for a in args:
+        if isinstance(a, torch.Tensor) and a.ndim == 0:
+            if id(a) in seen:
+                a = a.clone()
+            seen.add(id(a))
+        out.append(a)
+    return tuple(out)
+
+
 def _dense_flat(t: torch.Tensor) -> torch.Tensor | None:
     """A 1-D view over the elements of a dense, non-overlapping tensor (any permutation of dims)."""
     if t.is_contiguous():
@@ -225,6 +239,8 @@ class LmoptOptimizer(Optimizer):
         """
         if self._use_compiled(device):
             run_args = _flatten_args(args) if flat else tuple(_plain(a) for a in args)
+            if run_args is not None:
+                run_args = _distinct_scalars(run_args)
             if run_args is None:  # mixed layouts: the reference handles any strides
                 fn(*args)
                 return

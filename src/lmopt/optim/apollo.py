@@ -27,7 +27,7 @@ Behaviours of the official code (zhuhanqing/APOLLO, ``apollo_torch``) and their 
   draws of a generator seeded with the previous seed) and draws P on the parameter's device, which
   reproduces official trajectories (on CUDA the official draw is a CUDA generator's);
 * ``cache_projection``: P is regenerated at each refresh and kept in memory until the next (True, the
-  official behaviour: r·max(m, n) floats per matrix, reported by :meth:`APOLLO.projection_bytes`), or
+  official behaviour: r·min(m, n) floats per matrix, reported by :meth:`APOLLO.projection_bytes`), or
   regenerated from the seed at every step (False: no resident P, one draw per matrix per step).
 """
 
