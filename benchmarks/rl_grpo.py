@@ -100,7 +100,8 @@ def run_arm(arm: str, conf: dict[str, Any], seed: int, use_gpu: bool) -> dict[st
         raw.extend(out)
         return out
 
-    reward = ReDitReward(arithmetic_correct, m=spec["redit_m"], seed=seed) if "redit_m" in spec else arithmetic_correct
+    reward = (ReDitReward(arithmetic_correct, m=spec["redit_m"], distribution="gaussian", seed=seed)
+              if "redit_m" in spec else arithmetic_correct)
     model, tok = _load_policy(torch.bfloat16 if conf["bf16"] else torch.float32)
     G = conf["num_generations"]
     with tempfile.TemporaryDirectory() as out_dir:

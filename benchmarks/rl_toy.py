@@ -56,7 +56,8 @@ def sections(quick: bool) -> dict[str, dict[str, dict[str, Any]]]:
         "redit": redit,
         "mopps": {"uniform": {}, "mopps_lam1.0": {"sampler": "mopps"},
                   "mopps_lam0.5": {"sampler": "mopps", "mopps_lam": 0.5}},
-        "copo": {"grpo": {}, "copo": {"method": "copo"}},
+        "copo": {"grpo": {}, "copo": {"method": "copo"},
+                 "copo_released": {"method": "copo", "copo_preset": "released"}},
         "weighting": {
             "fixed": {"objectives": TWO},
             "gradient": {"objectives": TWO, "weighting": "gradient", "weighting_lr": 0.05},

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from lmopt.rl.advantages import copo_advantages, grpo_advantages
+from lmopt.rl.answers import final_answer
 
 pytest.importorskip("trl")
 reasoning_gym = pytest.importorskip("reasoning_gym")
@@ -95,38 +96,64 @@ def test_copo_trainer_uses_copo_advantages(tmp_path, tokenizer, gym_dataset):
                    train_dataset=ds, processing_class=tokenizer)
     tr.train()
     rewards = torch.tensor(list(tr._logs["rewards"]["parity"]))
-    answers = [c.strip() for c in tr._logs["completion"]]
-    expected = copo_advantages(rewards, answers, 4)
+    answers = [final_answer(c) for c in tr._logs["completion"]]
+    expected = copo_advantages(rewards, answers, 4)  # the released settings are the trainer's default
     torch.testing.assert_close(tr.seen, expected, atol=1e-5, rtol=1e-5)
     trl_local = torch.tensor(list(tr._logs["advantages"]))  # TRL logs its own local advantages
     torch.testing.assert_close(trl_local, grpo_advantages(rewards, 4), atol=1e-5, rtol=1e-5)
     assert "copo/weight_local" in tr.state.log_history[0]
 
 
-def test_mopps_trainer_updates_posterior(tmp_path, tokenizer, gym_dataset):
-    from lmopt.rl import MoPPS, MoPPSGRPOTrainer, MoPPSSampler
+def test_copo_trainer_refuses_a_batch_of_one_group(tmp_path, tokenizer, gym_dataset):
+    from lmopt.rl import COPOGRPOTrainer
 
     _, ds = gym_dataset
-    seen = []
+    with pytest.raises(ValueError, match="1 prompt group per batch"):
+        COPOGRPOTrainer(model=tiny_model(tokenizer), reward_funcs=[parity],
+                        args=grpo_args(tmp_path, per_device_train_batch_size=4), train_dataset=ds,
+                        processing_class=tokenizer)
+
+
+def test_mopps_trainer_updates_posterior(tmp_path, tokenizer, gym_dataset):
+    from lmopt.rl import MoPPS, MoPPSGRPOTrainer
+
+    _, ds = gym_dataset
+    seen, events = [], []
+
+    class Recorded(MoPPS):
+        def select(self, batch_size):
+            events.append("select")
+            return super().select(batch_size)
+
+        def update(self, indices, success_rates, n):
+            events.append("update")
+            return super().update(indices, success_rates, n)
 
     def parity_recorded(prompts, completions, lmopt_prompt_index, **kw):
         out = parity(prompts, completions)
         seen.extend(zip(lmopt_prompt_index, prompts, out))
         return out
 
-    tr = MoPPSGRPOTrainer(model=tiny_model(tokenizer), reward_funcs=[parity_recorded], args=grpo_args(tmp_path),
-                          train_dataset=ds, processing_class=tokenizer, mopps_lam=0.5)
-    assert isinstance(tr._get_train_sampler(), MoPPSSampler)
+    tr = MoPPSGRPOTrainer(model=tiny_model(tokenizer), reward_funcs=[parity_recorded],
+                          args=grpo_args(tmp_path, steps=3), train_dataset=ds, processing_class=tokenizer,
+                          mopps=Recorded(len(ds), lam=0.5, seed=0))
     tr.train()
-    replay = MoPPS(len(ds), lam=0.5)
+    # each batch is chosen after the previous batch's rewards reached the posterior (no one-batch lag)
+    assert events == ["select", "update"] * 3
+    replay = MoPPS(len(ds), lam=0.5, seed=0)
     for g in range(0, len(seen), 4):
+        if g % 8 == 0:  # two prompts per generation batch: replay the selection the trainer made
+            assert replay.select(2) == [seen[g][0], seen[g + 4][0]]
         group = seen[g:g + 4]
         assert len({(i, p) for i, p, _ in group}) == 1  # RepeatSampler layout: groups of num_generations
         assert ds["prompt"][group[0][0]] == group[0][1]  # the index column points at the prompt
         replay.update([group[0][0]], [sum(r for *_, r in group) / 4], 4)
-    assert len(seen) == 16
+    assert len(seen) == 24
     assert tr.mopps.alpha.tolist() == pytest.approx(replay.alpha.tolist())
     assert tr.mopps.beta.tolist() == pytest.approx(replay.beta.tolist())
+    with pytest.raises(ValueError, match="not a reward function name"):
+        MoPPSGRPOTrainer(model=tiny_model(tokenizer), reward_funcs=[parity], args=grpo_args(tmp_path),
+                         train_dataset=ds, processing_class=tokenizer, success_reward="accuracy")
 
 
 def test_dynamic_weighting_trainer_and_callback(tmp_path, tokenizer, gym_dataset):
@@ -134,16 +161,26 @@ def test_dynamic_weighting_trainer_and_callback(tmp_path, tokenizer, gym_dataset
 
     _, ds = gym_dataset
     tr = GradientWeightingGRPOTrainer(model=tiny_model(tokenizer), reward_funcs=[parity, short],
-                                      args=grpo_args(tmp_path, scale_rewards="none"), train_dataset=ds,
-                                      processing_class=tokenizer, weight_lr=0.5)
+                                      args=grpo_args(tmp_path, scale_rewards="none", learning_rate=1e-3),
+                                      train_dataset=ds, processing_class=tokenizer)
     cb = HypervolumeWeightCallback.attach(tr)
     tr.train()
     logged = [h for h in tr.state.log_history if "weights/parity" in h]
     assert logged, "gradient weighting should log its weights"
     assert len(cb.history) == 2
+    # both act: the gradient rule moved the simplex weights, the hypervolume factor scales them
+    assert not torch.allclose(tr.objective_weights, torch.tensor([0.5, 0.5]))
+    assert tr.weight_scale == cb.history[-1]["meta"]
+    torch.testing.assert_close(tr.reward_weights, tr.objective_weights * cb.history[-1]["meta"])
+    assert float(tr.objective_weights.sum()) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="at least two reward functions"):
         GradientWeightingGRPOTrainer(model=tiny_model(tokenizer), reward_funcs=[parity],
                                      args=grpo_args(tmp_path), train_dataset=ds, processing_class=tokenizer)
+    with pytest.raises(ValueError, match="matches no trainable parameter"):
+        t = GradientWeightingGRPOTrainer(model=tiny_model(tokenizer), reward_funcs=[parity, short],
+                                         args=grpo_args(tmp_path), train_dataset=ds, processing_class=tokenizer,
+                                         weight_layers=[7])
+        t._weight_params(t.model)
 
 
 @pytest.mark.realmodel

@@ -5,6 +5,7 @@
 * :mod:`lmopt.rl.weighting` — dynamic reward weighting: hypervolume-guided and gradient-based (arXiv 2509.11452).
 * :mod:`lmopt.rl.mopps` — MoPPS Beta posteriors and Thompson-sampling prompt selection (arXiv 2507.04632).
 * :mod:`lmopt.rl.advantages` — TRL's GRPO advantage formula and COPO's blend (arXiv 2508.04138).
+* :mod:`lmopt.rl.answers` — final-answer extraction for COPO's answer entropy.
 * :mod:`lmopt.rl.toy` — a pure-torch GRPO toy for seeded CPU experiments.
 * :mod:`lmopt.rl.trainers` — GRPOTrainer subclasses and callbacks (imports TRL; exposed lazily here).
 """
@@ -13,19 +14,33 @@ from __future__ import annotations
 
 from typing import Any
 
-from lmopt.rl.advantages import answer_entropy, copo_advantages, grpo_advantages, zero_variance_groups
+from lmopt.rl.advantages import (
+    COPO_PRESETS,
+    answer_entropy,
+    copo_advantages,
+    copo_settings,
+    grpo_advantages,
+    zero_variance_groups,
+)
+from lmopt.rl.answers import final_answer
 from lmopt.rl.ensemble import EnsembleReward, RewardModelFunction, combine_rewards
 from lmopt.rl.mopps import MoPPS, MoPPSSampler, group_success_rates
 from lmopt.rl.redit import ALL_SCHEDULES, ReDitReward, dither, noise_scale
-from lmopt.rl.weighting import HypervolumeWeighting, gradient_weight_update, hypervolume, pareto_front
+from lmopt.rl.weighting import (
+    HypervolumeWeighting,
+    gradient_scores,
+    gradient_weight_update,
+    hypervolume,
+    pareto_front,
+)
 
 _TRL_NAMES = ("COPOGRPOTrainer", "MoPPSGRPOTrainer", "GradientWeightingGRPOTrainer", "HypervolumeWeightCallback")
 
 __all__ = [
-    "ALL_SCHEDULES", "EnsembleReward", "HypervolumeWeighting", "MoPPS", "MoPPSSampler", "ReDitReward",
-    "RewardModelFunction", "answer_entropy", "combine_rewards", "copo_advantages", "dither",
-    "gradient_weight_update", "grpo_advantages", "group_success_rates", "hypervolume", "noise_scale",
-    "pareto_front", "zero_variance_groups", *_TRL_NAMES,
+    "ALL_SCHEDULES", "COPO_PRESETS", "EnsembleReward", "HypervolumeWeighting", "MoPPS", "MoPPSSampler",
+    "ReDitReward", "RewardModelFunction", "answer_entropy", "combine_rewards", "copo_advantages", "copo_settings",
+    "dither", "final_answer", "gradient_scores", "gradient_weight_update", "grpo_advantages",
+    "group_success_rates", "hypervolume", "noise_scale", "pareto_front", "zero_variance_groups", *_TRL_NAMES,
 ]
 
 

@@ -5,8 +5,10 @@ Given K reward estimates per completion, the combined reward is
 * ``mean``: ``(1/K) sum_i R_i``
 * ``wco`` (worst-case optimisation): ``min_i R_i``
 * ``uwo`` (uncertainty-weighted optimisation): ``mean - lam * Var``, with the intra-ensemble variance
-  ``Var = (1/K) sum_i (R_i - mean)^2`` (population variance, as in the paper's Eq. for UWO).
-  The paper uses ``lam = 0.1`` for PPO and ``0.5`` for best-of-n; default here 0.1.
+  ``Var = 1/(K-1) sum_i (R_i - mean)^2`` (``variance="unbiased"``, the default: the authors' PPO code uses
+  torch's unbiased variance) or ``1/K sum_i ...`` (``variance="population"``, as the paper's equation is
+  written; 0.8x the unbiased value at K = 5). The paper uses ``lam = 0.1`` for PPO and ``0.5`` for
+  best-of-n; default here 0.1. UWO needs ``K >= 2`` members for the unbiased variance.
 
 Members may be TRL-style reward functions or Hugging Face sequence-classification reward models wrapped
 with :class:`RewardModelFunction`. The paper's members are separately trained reward models of equal
@@ -22,13 +24,15 @@ from typing import Any
 import torch
 
 MODES = ("mean", "wco", "uwo")
+VARIANCES = ("unbiased", "population")
 
 
-def combine_rewards(rewards: torch.Tensor, mode: str = "mean", lam: float = 0.1) -> torch.Tensor:
+def combine_rewards(rewards: torch.Tensor, mode: str = "mean", lam: float = 0.1,
+                    variance: str = "unbiased") -> torch.Tensor:
     """Combine a (K, N) tensor of K members' rewards for N completions into N rewards.
 
     >>> combine_rewards(torch.tensor([[1.0, 0.0], [3.0, 0.0]]), "uwo", lam=0.5).tolist()
-    [1.5, 0.0]
+    [1.0, 0.0]
     """
     rewards = torch.as_tensor(rewards, dtype=torch.float32)
     if rewards.dim() != 2 or rewards.shape[0] < 1:
@@ -37,12 +41,17 @@ def combine_rewards(rewards: torch.Tensor, mode: str = "mean", lam: float = 0.1)
         raise ValueError(f"ensemble mode must be one of {MODES}, got {mode!r}")
     if lam < 0:
         raise ValueError(f"lam (UWO variance penalty) must be >= 0, got {lam}")
+    if variance not in VARIANCES:
+        raise ValueError(f"variance must be one of {VARIANCES}, got {variance!r}")
     if mode == "mean":
         return rewards.mean(dim=0)
     if mode == "wco":
         return rewards.min(dim=0).values
+    k = rewards.shape[0]
+    if variance == "unbiased" and k < 2:
+        raise ValueError("UWO's unbiased variance needs at least 2 ensemble members (or variance='population')")
     mean = rewards.mean(dim=0)
-    var = ((rewards - mean) ** 2).mean(dim=0)
+    var = ((rewards - mean) ** 2).sum(dim=0) / (k - 1 if variance == "unbiased" else k)
     return mean - lam * var
 
 
@@ -98,6 +107,7 @@ class EnsembleReward:
         lam: float = 0.1,
         normalize: bool = False,
         name: str | None = None,
+        variance: str = "unbiased",
     ) -> None:
         if len(members) < 1:
             raise ValueError("EnsembleReward needs at least one member reward function")
@@ -110,6 +120,11 @@ class EnsembleReward:
             raise ValueError(f"ensemble mode must be one of {MODES}, got {mode!r}")
         if lam < 0:
             raise ValueError(f"lam (UWO variance penalty) must be >= 0, got {lam}")
+        if variance not in VARIANCES:
+            raise ValueError(f"variance must be one of {VARIANCES}, got {variance!r}")
+        if mode == "uwo" and variance == "unbiased" and len(members) < 2:
+            raise ValueError("UWO's unbiased variance needs at least 2 ensemble members (or variance='population')")
+        self.variance = variance
         self.members = list(members)
         self.mode = mode
         self.lam = float(lam)
@@ -131,7 +146,7 @@ class EnsembleReward:
             mu = torch.nanmean(r, dim=1, keepdim=True)
             sd = torch.sqrt(torch.nanmean((r - mu) ** 2, dim=1, keepdim=True))
             r = (r - mu) / (sd + 1e-8)
-        comb = combine_rewards(torch.nan_to_num(r, nan=0.0), self.mode, self.lam)
+        comb = combine_rewards(torch.nan_to_num(r, nan=0.0), self.mode, self.lam, self.variance)
         spread = float(torch.nan_to_num(r, nan=0.0).std(dim=0, unbiased=False).mean()) if r.shape[1] else 0.0
         self.history.append({"member_std": spread})
         log_metric = kwargs.get("log_metric")

@@ -10,15 +10,19 @@ prior 1, 1)::
 
 To build a batch of ``B`` prompts, a success rate ``g ~ Beta(alpha, beta)`` is drawn for every candidate
 (Thompson sampling) and the ``B`` candidates with the smallest ``(g - target)^2`` are kept (``target``
-0.5: prompts of intermediate difficulty give the most informative GRPO groups). Candidates are the whole
-pool or, with ``candidate_size``, a uniform random subset of it drawn first (the paper's ``B_hat``).
-The posterior and the random draws use a seeded ``numpy.random.Generator`` (torch has no seeded Beta
-sampler); the global RNGs are never touched.
+0.5: prompts of intermediate difficulty give the most informative GRPO groups). Candidates, as in the
+authors' code (``tasksampler.ts_ratio``): the next ``int(candidate_ratio * B)`` prompts of a shuffled pass
+over the pool (a new shuffle when a pass cannot fill a candidate set, like a data loader with
+``drop_last``); the released math scripts use ratio 16, the default here. ``candidate_ratio=None`` makes
+every prompt a candidate for every batch. The posterior and the random draws use a seeded
+``numpy.random.Generator`` (torch has no seeded Beta sampler); the global RNGs are never touched.
 
 :class:`MoPPSSampler` yields dataset indices in the layout of TRL's ``RepeatSampler`` (each chosen prompt
-``mini_repeat_count`` times in a row, each chunk of ``batch_size`` prompts ``repeat_count`` times), so it
-can replace the GRPO trainer's sampler (see :class:`lmopt.rl.trl.MoPPSGRPOTrainer`). A data loader pulls
-indices one batch ahead, so a batch is chosen from a posterior that may not yet include the batch before.
+``mini_repeat_count`` times in a row, each chunk of ``batch_size`` prompts ``repeat_count`` times) for
+plain PyTorch loops. A ``DataLoader`` pulls indices ahead of training (and ``accelerate`` prefetches one
+batch), so a batch drawn through a sampler is chosen before the previous batch's rewards are in; the
+authors' loop selects after the update. :class:`lmopt.rl.trainers.MoPPSGRPOTrainer` therefore selects each
+generation batch when it is generated, from the posterior that already holds every earlier batch.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ class MoPPS:
         alpha0: float = 1.0,
         beta0: float = 1.0,
         target: float = 0.5,
-        candidate_size: int | None = None,
+        candidate_ratio: float | None = 16.0,
         seed: int = 0,
     ) -> None:
         if num_prompts < 1:
@@ -51,17 +55,20 @@ class MoPPS:
             raise ValueError(f"the Beta prior needs alpha0 > 0 and beta0 > 0, got {alpha0}, {beta0}")
         if not 0.0 <= target <= 1.0:
             raise ValueError(f"target success rate must lie in [0, 1], got {target}")
-        if candidate_size is not None and candidate_size < 1:
-            raise ValueError(f"candidate_size must be >= 1 or None (whole pool), got {candidate_size}")
+        if candidate_ratio is not None and not candidate_ratio >= 1.0:
+            raise ValueError(f"candidate_ratio must be >= 1 (candidates per chosen prompt) or None (whole pool), "
+                             f"got {candidate_ratio}")
         self.num_prompts = num_prompts
         self.lam = float(lam)
         self.alpha0 = float(alpha0)
         self.beta0 = float(beta0)
         self.target = float(target)
-        self.candidate_size = candidate_size
+        self.candidate_ratio = None if candidate_ratio is None else float(candidate_ratio)
         self.alpha = np.full(num_prompts, self.alpha0)
         self.beta = np.full(num_prompts, self.beta0)
         self.rng = np.random.default_rng(seed)
+        self._order = np.empty(0, dtype=np.int64)  # the current shuffled pass over the pool
+        self._pos = 0
 
     @property
     def mean(self) -> np.ndarray:
@@ -88,22 +95,30 @@ class MoPPS:
             self.alpha[i] = self.lam * self.alpha[i] + (1 - self.lam) * self.alpha0 + ni * si
             self.beta[i] = self.lam * self.beta[i] + (1 - self.lam) * self.beta0 + ni * (1 - si)
 
+    def candidates(self, batch_size: int) -> np.ndarray:
+        """The candidate prompts for the next batch: the next slice of the shuffled pass, or the whole pool."""
+        if self.candidate_ratio is None:
+            return np.arange(self.num_prompts)
+        m = min(int(self.candidate_ratio * batch_size), self.num_prompts)
+        if self._pos + m > self._order.size:
+            self._order = self.rng.permutation(self.num_prompts)
+            self._pos = 0
+        out = self._order[self._pos:self._pos + m]
+        self._pos += m
+        return out
+
     def select(self, batch_size: int) -> list[int]:
         """Choose ``batch_size`` distinct prompts by Thompson sampling (closest sampled rate to ``target``)."""
         if not 1 <= batch_size <= self.num_prompts:
             raise ValueError(f"batch_size must lie in [1, num_prompts={self.num_prompts}], got {batch_size}")
-        if self.candidate_size is None or self.candidate_size >= self.num_prompts:
-            cand = np.arange(self.num_prompts)
-        else:
-            if self.candidate_size < batch_size:
-                raise ValueError(f"candidate_size ({self.candidate_size}) must be >= batch_size ({batch_size})")
-            cand = self.rng.choice(self.num_prompts, size=self.candidate_size, replace=False)
+        cand = self.candidates(batch_size)
         g = self.rng.beta(self.alpha[cand], self.beta[cand])
         order = np.argsort((g - self.target) ** 2, kind="stable")
         return cand[order[:batch_size]].tolist()
 
     def state_dict(self) -> dict:
-        return {"alpha": self.alpha.copy(), "beta": self.beta.copy(), "rng": self.rng.bit_generator.state}
+        return {"alpha": self.alpha.copy(), "beta": self.beta.copy(), "rng": self.rng.bit_generator.state,
+                "order": self._order.copy(), "pos": self._pos}
 
     def load_state_dict(self, state: dict) -> None:
         if len(state["alpha"]) != self.num_prompts:
@@ -111,6 +126,8 @@ class MoPPS:
         self.alpha = np.asarray(state["alpha"], dtype=np.float64).copy()
         self.beta = np.asarray(state["beta"], dtype=np.float64).copy()
         self.rng.bit_generator.state = state["rng"]
+        self._order = np.asarray(state.get("order", np.empty(0)), dtype=np.int64).copy()
+        self._pos = int(state.get("pos", 0))
 
 
 class MoPPSSampler(Sampler[int]):

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from lmopt.rl.advantages import copo_advantages, grpo_advantages, zero_variance_groups
+from lmopt.rl.advantages import copo_advantages, copo_settings, grpo_advantages, zero_variance_groups
 from lmopt.rl.mopps import MoPPS
 from lmopt.rl.redit import dither, noise_scale
 from lmopt.rl.weighting import HypervolumeWeighting, gradient_weight_update, hypervolume
@@ -106,7 +106,8 @@ def expected_objectives(policy: ToyPolicy, reward: str = "binary") -> dict[str, 
 
 @dataclass
 class ToyConfig:
-    """One GRPO toy run. ``method`` is "grpo" or "copo"; ``redit_m > 0`` turns ReDit on; ``sampler`` is
+    """One GRPO toy run. ``method`` is "grpo" or "copo" (``copo_preset``: "paper" or "released", see
+    :data:`lmopt.rl.advantages.COPO_PRESETS`); ``redit_m > 0`` turns ReDit on; ``sampler`` is
     "uniform" (shuffled chunks, as TRL's RepeatSampler) or "mopps"; ``weighting`` is "fixed", "hypervolume"
     or "gradient" (two-objective runs with ``objectives=("partial", "style")``)."""
 
@@ -120,6 +121,7 @@ class ToyConfig:
     reward_weights: tuple[float, ...] = ()
     scale_rewards: str = "group"
     method: str = "grpo"
+    copo_preset: str = "paper"
     redit_m: float = 0.0
     redit_schedule: str = "constant"
     redit_distribution: str = "gaussian"
@@ -172,7 +174,9 @@ def run_toy(cfg: ToyConfig) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + 1)
     noise_gen = torch.Generator().manual_seed(cfg.seed * 1000 + 2)
     order_gen = torch.Generator().manual_seed(cfg.seed * 1000 + 3)
-    mopps = MoPPS(task.num_prompts, lam=cfg.mopps_lam, seed=cfg.seed * 1000 + 4) if cfg.sampler == "mopps" else None
+    # every prompt a candidate for every batch (the toy pool is small), as in the measured runs
+    mopps = (MoPPS(task.num_prompts, lam=cfg.mopps_lam, candidate_ratio=None, seed=cfg.seed * 1000 + 4)
+             if cfg.sampler == "mopps" else None)
     hvw = HypervolumeWeighting(weights.tolist()) if cfg.weighting == "hypervolume" else None
     G, L = cfg.num_generations, task.answer_len
     queue: list[int] = []
@@ -193,7 +197,10 @@ def run_toy(cfg: ToyConfig) -> dict[str, Any]:
         seq_logp = seq_logp.reshape(-1)  # (B*G,)
         raw = torch.stack([_rewards_for(o, samples, task, prompts).reshape(-1) for o in objectives], dim=1)
         zv = zero_variance_groups((raw * weights).sum(dim=1, keepdim=True), G)
-        scale = noise_scale(cfg.redit_schedule, step, cfg.steps, cfg.redit_m) if cfg.redit_m > 0 else 0.0
+        # a toy run is a few hundred steps: schedules are scaled to it (decay every 100 steps, cosine over the run)
+        # instead of the authors' 2000-8000-step milestones and horizon
+        scale = noise_scale(cfg.redit_schedule, step, cfg.steps, cfg.redit_m, step_size=100,
+                            cosine_horizon=None) if cfg.redit_m > 0 else 0.0
         rewards = dither(raw, scale, 1.0, cfg.redit_distribution, noise_gen) if scale > 0 else raw
         if mopps is not None:
             succ = raw[:, 0].view(-1, G).mean(dim=1)
@@ -205,10 +212,10 @@ def run_toy(cfg: ToyConfig) -> dict[str, Any]:
                 g_j = torch.autograd.grad(-(a_j * seq_logp).sum() / (seq_logp.numel() * L),
                                           list(policy.parameters()), retain_graph=True)
                 grads.append(torch.cat([x.reshape(-1) for x in g_j]))
-            weights = gradient_weight_update(weights, grads, cfg.weighting_lr)
+            weights = gradient_weight_update(weights, grads, cfg.weighting_lr, normaliser="sum-norm")
         if cfg.method == "copo":
             answers = [tuple(s) for s in samples.reshape(-1, L).tolist()]
-            adv = copo_advantages(rewards, answers, G, weights, cfg.scale_rewards)
+            adv = copo_advantages(rewards, answers, G, weights, cfg.scale_rewards, **copo_settings(cfg.copo_preset))
         else:
             adv = grpo_advantages(rewards, G, weights, cfg.scale_rewards)
         loss = -(adv * seq_logp).sum() / (seq_logp.numel() * L)

@@ -10,10 +10,15 @@ Two ways of changing the reward weights ``w`` (TRL's ``trainer.reward_weights``)
   per-batch std scaling divides it out again, and Adam largely ignores it. It acts with
   ``scale_rewards="none"`` and a plain-SGD-like optimiser.
 * **Gradient-based** (§3.2): with ``g_i`` the policy gradient of objective ``i`` alone,
-  ``s_i = sum_j <g_i, g_j>`` (how much objective ``i`` agrees with the joint direction) and the weights take a
-  mirror-descent (exponentiated-gradient) step ``w <- softmax(log w + lr * s / rho)``. Here ``rho`` is
-  ``||sum_j g_j||^2`` (so the ``s_i / rho`` sum to 1); the paper's normaliser is not stated in the summary
-  this library follows, so this choice is documented as ours.
+  ``s_i = sum_j <g_i, g_j>`` (how much objective ``i`` agrees with the joint direction, its own squared
+  norm included) and the weights take a mirror-descent (exponentiated-gradient) step
+  ``w <- softmax(log w + step)``. The step, ``normaliser=``:
+
+  - ``"official"`` (default, the authors' code): each ``g_i`` is first clipped to norm ``max_grad_norm``
+    (their actor's gradient clipping, 1.0) and ``step = lr * s / reg`` with ``lr`` the policy's current
+    learning rate and ``reg = 1e-5`` (their ``regularization_factor``); their runs also restrict ``g_i`` to
+    a slice of the layers (``target_layer_ids``) and may average ``s`` over several steps before a step;
+  - ``"sum-norm"``: ``step = lr * s / ||sum_j g_j||^2`` (the ``s_i / rho`` sum to 1: a scale-free step).
 """
 
 from __future__ import annotations
@@ -112,24 +117,67 @@ class HypervolumeWeighting:
         return self.weights.clone()
 
 
-def gradient_weight_update(weights: torch.Tensor, grads: Sequence[torch.Tensor] | torch.Tensor,
-                           lr: float = 1.0, eps: float = 1e-12) -> torch.Tensor:
-    """One gradient-based weight step (arXiv 2509.11452, §3.2): ``softmax(log w + lr * s / rho)``.
+NORMALISERS = ("official", "sum-norm")
 
-    ``grads`` holds one flattened policy gradient per objective (K, P). Weights must be positive.
-    """
-    w = torch.as_tensor(weights, dtype=torch.float64)
+
+def clip_to_norm(g: torch.Tensor, max_norm: float, eps: float = 1e-6) -> torch.Tensor:
+    """``g`` scaled down to norm ``max_norm`` when longer (torch's ``clip_grad_norm_`` rule)."""
+    norm = float(g.norm())
+    return g * min(1.0, max_norm / (norm + eps))
+
+
+def gradient_scores(grads: Sequence[torch.Tensor] | torch.Tensor, max_grad_norm: float | None = None) -> torch.Tensor:
+    """``s_i = sum_j <g_i, g_j>`` for (K, P) flattened per-objective gradients, each first clipped to
+    ``max_grad_norm`` when given."""
     g = torch.stack([torch.as_tensor(x).reshape(-1).double() for x in grads]) if not isinstance(grads, torch.Tensor) \
         else grads.double().reshape(grads.shape[0], -1)
-    if g.shape[0] != w.numel():
-        raise ValueError(f"need one gradient per objective: {g.shape[0]} gradients for {w.numel()} weights")
+    if max_grad_norm is not None:
+        if max_grad_norm <= 0:
+            raise ValueError(f"max_grad_norm must be > 0 or None, got {max_grad_norm}")
+        g = torch.stack([clip_to_norm(x, max_grad_norm) for x in g])
+    return g @ g.sum(dim=0)
+
+
+def gradient_weight_update(weights: torch.Tensor, grads: Sequence[torch.Tensor] | torch.Tensor | None,
+                           lr: float = 1.0, eps: float = 1e-12, *, normaliser: str = "official",
+                           reg: float = 1e-5, max_grad_norm: float | None = 1.0,
+                           scores: torch.Tensor | None = None) -> torch.Tensor:
+    """One gradient-based weight step (arXiv 2509.11452, §3.2): ``softmax(log w + step)`` (module docstring).
+
+    ``grads`` holds one flattened policy gradient per objective (K, P); or pass precomputed (e.g. averaged)
+    ``scores`` from :func:`gradient_scores` with ``grads=None``. With ``normaliser="official"``, ``lr`` is the
+    policy's learning rate, ``reg`` the regulariser and ``max_grad_norm`` the per-objective clip; with
+    ``"sum-norm"``, ``lr`` is the weight step size and the gradients are not clipped. Weights must be
+    non-negative with a positive sum.
+    """
+    if normaliser not in NORMALISERS:
+        raise ValueError(f"normaliser must be one of {NORMALISERS}, got {normaliser!r}")
+    w = torch.as_tensor(weights, dtype=torch.float64)
     if torch.any(w < 0) or float(w.sum()) <= 0:
         raise ValueError("gradient-based weighting needs non-negative weights with a positive sum")
     if lr < 0:
         raise ValueError(f"lr must be >= 0, got {lr}")
-    total = g.sum(dim=0)
-    s = g @ total
-    rho = float(total @ total)
-    if rho <= eps:
-        return (w / w.sum()).float()
-    return torch.softmax(torch.log(w.clamp_min(1e-30)) + lr * s / rho, dim=0).float()
+    if normaliser == "official" and reg <= 0:
+        raise ValueError(f"reg must be > 0, got {reg}")
+    if scores is None:
+        if grads is None:
+            raise ValueError("pass the per-objective gradients or their scores")
+        n = len(grads) if not isinstance(grads, torch.Tensor) else grads.shape[0]
+        if n != w.numel():
+            raise ValueError(f"need one gradient per objective: {n} gradients for {w.numel()} weights")
+        if normaliser == "sum-norm":
+            g = torch.stack([torch.as_tensor(x).reshape(-1).double() for x in grads]) \
+                if not isinstance(grads, torch.Tensor) else grads.double().reshape(grads.shape[0], -1)
+            total = g.sum(dim=0)
+            rho = float(total @ total)
+            if rho <= eps:
+                return (w / w.sum()).float()
+            step = lr * (g @ total) / rho
+            return torch.softmax(torch.log(w.clamp_min(1e-30)) + step, dim=0).float()
+        scores = gradient_scores(grads, max_grad_norm)
+    scores = torch.as_tensor(scores, dtype=torch.float64).reshape(-1)
+    if scores.numel() != w.numel():
+        raise ValueError(f"need one score per objective: {scores.numel()} scores for {w.numel()} weights")
+    if normaliser == "sum-norm":
+        raise ValueError("normaliser='sum-norm' needs the gradients (its normaliser is ||sum_j g_j||^2)")
+    return torch.softmax(torch.log(w.clamp_min(1e-30)) + lr * scores / reg, dim=0).float()
