@@ -67,3 +67,16 @@ def test_unparseable_actions_fall_back_to_logged_random_arms():
     assert parse_arm("none", 3) is None
     with pytest.raises(ValueError, match="means"):
         BernoulliBandit((0.5,))
+
+
+def test_optimizer_budget_stops_the_rewriting_not_the_run():
+    """An optimizer-role budget must not escape EXPO.run: the agent acts with the meta-prompts it has."""
+    from lmopt.lm.usage import Budget
+
+    lm = LM(ScriptedBackend(agent), budget=Budget.from_dict({"optimizer": {"calls": 0}}))
+    env = BernoulliBandit((0.1, 0.1, 0.9), seed=0)
+    res = EXPO(embedder=HashingEmbedder(64), n_descriptions=1, n_instructions=3, train_steps=5, seed=0).run(
+        env, lm, horizon=5)
+    assert len(res.rewards) == 5 and len(res.candidates) == 1
+    assert "optimizer LM budget" in res.stop_reason
+    assert any(h["kind"] == "budget" and h["role"] == "optimizer" for h in res.history)

@@ -189,3 +189,36 @@ def test_bad_inputs(toy_task, toy_lm):
         RandomSearch().run(toy_task, lm, budget=3, split=SPLIT, seed_prompt=3)
     with pytest.raises(ValueError, match="unknown split"):
         RandomSearch().run(toy_task, lm, budget=3, split={"n_dev": 3})
+
+
+def test_opro_filters_and_threshold_as_the_authors_code():
+    """Instructions below the score threshold stay out of the meta-prompt; over-long proposals or ones with a
+    leaked INS tag are dropped unscored."""
+    task = make_task()
+
+    def run(threshold):
+        metas: list[str] = []
+
+        def respond(prompt, config, j):
+            if "</INS>" in prompt:
+                metas.append(prompt)
+                return ["<INS>" + "long " * 150 + "</INS>", "<INS>Answer with INS please.</INS>",
+                        f"<INS>Say yes or no ({config.seed}, {j}).</INS>"][j % 3]
+            return "yes"
+
+        res = OPRO(proposals_per_step=3, max_failed_steps=1, score_threshold=threshold).run(
+            task, LM(ScriptedBackend(respond)), budget=4, split=SPLIT)
+        return res, metas
+
+    res, metas = run(0.3)
+    seed_score = res.seed_val_score
+    assert 0.3 <= seed_score < 0.9  # always "yes" on a balanced yes/no task
+    assert f"text:\n{task.instruction}\nscore:" in metas[0]
+    filtered = [h for h in res.history if h["kind"] == "opro_filtered"]
+    assert len(filtered) >= 2 and all(h["chars"] > 500 or "INS" in h["instruction"] for h in filtered)
+    scored = [h for h in res.history if h["kind"] == "eval"]
+    assert scored and all("INS" not in json.dumps(h.get("prompt", "")) for h in scored)
+    _, metas_hi = run(0.9)
+    assert f"text:\n{task.instruction}\nscore:" not in metas_hi[0]
+    with pytest.raises(ValueError, match="score_threshold"):
+        OPRO(score_threshold=30)

@@ -139,9 +139,13 @@ class EXPO:
             return out
         msg = (f"Rewrite the following {what} in different words, keeping its meaning and any format "
                f"requirements. Reply with the rewritten text between <prompt> and </prompt>.\n\n{text}")
-        comps = lm.chat([[{"role": "user", "content": msg}]],
-                        GenerationConfig(max_new_tokens=120, temperature=1.0, n=2 * n, seed=self.seed),
-                        role="optimizer")[0]
+        try:
+            comps = lm.chat([[{"role": "user", "content": msg}]],
+                            GenerationConfig(max_new_tokens=120, temperature=1.0, n=2 * n, seed=self.seed),
+                            role="optimizer")[0]
+        except BudgetExceeded as exc:  # the agent still runs, with the candidates it has
+            history.append({"kind": "budget", "role": "optimizer", "what": what, "reason": str(exc)})
+            return out
         for c in comps:
             p = parse_proposal(c.text, "prompt", min_chars=20)
             if p.text is None:
@@ -221,6 +225,9 @@ class EXPO:
             arms.append(arm)
             chosen.append(i)
             history.append({"kind": "step", "t": t, "meta_prompt": i, "arm": arm, "reward": r})
+        spent = [h for h in history if h["kind"] == "budget"]
+        if spent and stop == "finished":
+            stop = f"finished with {len(cands)} meta-prompt(s): optimizer LM budget: {spent[0]['reason']}"
         best = float(env.means.max())
         regret = list(np.cumsum([best - env.means[a] for a in arms]).round(6).astype(float))
         after = lm.usage()

@@ -127,24 +127,31 @@ class OPRO(Optimizer):
     order of score (0–100) and ``n_exemplars`` random training problems showing where the instruction goes,
     and samples ``proposals_per_step`` new instructions (temperature 1.0) inside ``<INS>`` tags; every new
     one is scored. Stops when the evaluation budget is spent or ``max_failed_steps`` steps in a row
-    produced nothing new.
+    produced nothing new. As in the authors' code: only instructions scoring at least ``score_threshold``
+    (0.3) are shown in the meta-prompt, and a proposal longer than ``max_instruction_chars`` (500) or still
+    containing "INS" (a leaked tag) is dropped unscored (logged as ``opro_filtered``).
     """
 
     name = "opro"
     paper = "arXiv 2309.03409 (OPRO), §2-3"
 
     def __init__(self, top_k: int = 20, n_exemplars: int = 3, proposals_per_step: int = 8,
-                 temperature: float = 1.0, max_failed_steps: int = 3) -> None:
+                 temperature: float = 1.0, max_failed_steps: int = 3, score_threshold: float = 0.3,
+                 max_instruction_chars: int = 500) -> None:
         for k, v in (("top_k", top_k), ("proposals_per_step", proposals_per_step),
-                     ("max_failed_steps", max_failed_steps)):
+                     ("max_failed_steps", max_failed_steps), ("max_instruction_chars", max_instruction_chars)):
             _check_int(k, v, 1)
         _check_int("n_exemplars", n_exemplars)
+        if not 0.0 <= score_threshold <= 1.0:
+            raise ValueError(f"score_threshold must lie in [0, 1] (scores are accuracies), got {score_threshold}")
         super().__init__(top_k=top_k, n_exemplars=n_exemplars, proposals_per_step=proposals_per_step,
-                         temperature=temperature, max_failed_steps=max_failed_steps)
+                         temperature=temperature, max_failed_steps=max_failed_steps, score_threshold=score_threshold,
+                         max_instruction_chars=max_instruction_chars)
 
     def meta_prompt(self, ctx: RunContext, rng: np.random.Generator) -> str:
         h = self.hparams
-        scored = sorted(((s, ctx.prompts[k].instruction) for k, s in ctx.scores.items()), key=lambda x: x[0])
+        scored = sorted(((s, ctx.prompts[k].instruction) for k, s in ctx.scores.items()
+                         if s >= h["score_threshold"]), key=lambda x: x[0])
         lines = [f"text:\n{ins}\nscore:\n{round(100 * s)}\n" for s, ins in scored[-h["top_k"]:]]
         pool = ctx.splits.train
         k = min(h["n_exemplars"], len(pool))
@@ -167,7 +174,13 @@ class OPRO(Optimizer):
                                 temperature=h["temperature"], n=h["proposals_per_step"], seed=step,
                                 what="instruction", max_new_tokens=96)
             step += 1
-            new = [p for p in dict.fromkeys(props) if ctx.score_of(Prompt(p)) is None]
+            kept = []
+            for p in props:
+                if len(p) > h["max_instruction_chars"] or "INS" in p:
+                    ctx.log("opro_filtered", instruction=p[:300], chars=len(p))
+                else:
+                    kept.append(p)
+            new = [p for p in dict.fromkeys(kept) if ctx.score_of(Prompt(p)) is None]
             if not new:
                 failed += 1
                 continue

@@ -1,11 +1,17 @@
 """SPO — Self-Supervised Prompt Optimization (Xiang et al., arXiv 2502.06855, Alg. 1, §3).
 
-No labels are used to search. A fixed sample of ``n_questions`` (3) training inputs is drawn once. Each
+No scores are used to search. A fixed sample of ``n_questions`` (3) training inputs is drawn once. Each
 round the optimiser LM rewrites the current best prompt given its outputs on those questions (the new
 instruction inside ``<prompt>`` tags); the task LM answers the same questions with the new prompt; a judge
-LM compares old and new answers pairwise ``n_judgements`` (4) times, swapping which one is shown as A or B
-each time, and the new prompt replaces the best one only if it wins a strict majority. About 8 LM calls
-per round, 10 rounds in the paper.
+LM compares old and new answers pairwise ``n_judgements`` (4) times, and the new prompt replaces the best
+one only if it wins a strict majority. About 8 LM calls per round, 10 rounds in the paper.
+
+As in the authors' code, the rewriter and the judge see the task requirement (the task's description, or
+its seed instruction when it has none; ``show_requirement``) and the reference answers of the sampled
+questions (``show_references``; the released configuration files carry a few question/answer pairs), and
+the A/B position of the new answers is drawn at random for each judgement (seeded): a deterministic
+alternation would give a position-biased judge exactly half the votes every round, so no rewrite could
+ever win a strict majority (``ab_order="alternate"`` keeps that order for comparison).
 
 Budget: each execution of a new prompt on the question sample spends one evaluation; one evaluation is
 reserved to score the final prompt on the validation split (for the report only: the search never sees a
@@ -27,16 +33,30 @@ class SPO(Optimizer):
     paper = "arXiv 2502.06855 (SPO), Alg. 1"
 
     def __init__(self, rounds: int = 10, n_questions: int = 3, n_judgements: int = 4, temperature: float = 0.7,
-                 max_output_chars: int = 600) -> None:
+                 max_output_chars: int = 600, show_requirement: bool = True, show_references: bool = True,
+                 ab_order: str = "random") -> None:
         for k, v in (("rounds", rounds), ("n_questions", n_questions), ("n_judgements", n_judgements)):
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{k} must be a positive int, got {v!r}")
+        if ab_order not in ("random", "alternate"):
+            raise ValueError(f"ab_order must be 'random' or 'alternate', got {ab_order!r}")
         super().__init__(rounds=rounds, n_questions=n_questions, n_judgements=n_judgements,
-                         temperature=temperature, max_output_chars=max_output_chars)
+                         temperature=temperature, max_output_chars=max_output_chars,
+                         show_requirement=show_requirement, show_references=show_references, ab_order=ab_order)
 
     def _qa(self, qs: list, outs: list[str]) -> str:
         m = self.hparams["max_output_chars"]
         return "\n\n".join(f"Question: {q.input}\nAnswer: {o.strip()[:m]}" for q, o in zip(qs, outs))
+
+    def _context(self, ctx: RunContext, qs: list) -> str:
+        """The requirement and reference answers shown to the rewriter and the judge ('' when both are off)."""
+        parts = []
+        if self.hparams["show_requirement"]:
+            parts.append(f"Task requirement:\n{ctx.task.description or ctx.task.instruction}")
+        if self.hparams["show_references"]:
+            refs = "\n\n".join(f"Question: {q.input}\nReference answer: {q.target}" for q in qs)
+            parts.append(f"Reference answers:\n{refs}")
+        return "".join(p + "\n\n" for p in parts)
 
     def _optimize(self, ctx: RunContext) -> None:
         h = self.hparams
@@ -53,6 +73,7 @@ class SPO(Optimizer):
             if ctx.evaluations_left <= 1:  # keep one evaluation for the final validation score
                 break
             msg = ("You improve prompts. Here is the current prompt and the answers it produced.\n\n"
+                   f"{self._context(ctx, qs)}"
                    f"Current prompt:\n{best.instruction}\n\n{self._qa(qs, best_out)}\n\n"
                    "Write an improved prompt that would make the answers more correct, complete and "
                    "well-formatted. Reply with the new prompt between <prompt> and </prompt>.")
@@ -72,11 +93,16 @@ class SPO(Optimizer):
 
     def _judge(self, ctx: RunContext, qs: list, old: list[str], new: list[str], r: int) -> int:
         wins = 0
+        rng = ctx.rng(f"spo-judge-{r}")
         for j in range(self.hparams["n_judgements"]):
-            new_is_a = j % 2 == 1  # alternate the A/B order to cancel position bias
+            if self.hparams["ab_order"] == "alternate":
+                new_is_a = j % 2 == 1
+            else:  # a random side per judgement: a position-biased judge then votes at random, not 50/50
+                new_is_a = bool(rng.integers(2))
             a, b = (new, old) if new_is_a else (old, new)
             msg = ("Compare two sets of answers to the same questions and decide which set is better "
                    "(more correct, complete and clear).\n\n"
+                   f"{self._context(ctx, qs)}"
                    f"Answers A:\n{self._qa(qs, a)}\n\nAnswers B:\n{self._qa(qs, b)}\n\n"
                    "Reply with <choose>A</choose> or <choose>B</choose>.")
             texts = ctx.complete([[{"role": "user", "content": msg}]], _judge_cfg(r * 10 + j), role="judge")[0]
