@@ -98,6 +98,47 @@ def test_neural_ucb_deterministic_and_validates():
         b.select(X[:2], exclude=[0, 1])
 
 
+def test_neural_ucb_released_code_fit_details():
+    """As in the released EASE/INSTINCT code: features z-scored on the training points (a constant dimension
+    centred, not divided by ~0), Adam weight decay lam/n, and the same initial weights every round."""
+    gen = torch.Generator().manual_seed(1)
+    X = torch.randn(6, 3, generator=gen) * torch.tensor([10.0, 0.1, 1.0]) + torch.tensor([5.0, -2.0, 0.0])
+    X[:, 2] = 4.0  # a constant feature
+    y = [float(v) for v in torch.rand(6, generator=gen)]
+    b = NeuralUCB(3, hidden=8, hidden_layers=1, train_steps=50, lr=1e-2, seed=0)
+    for x, r in zip(X, y):
+        b.add_observation(x, r)
+    b.fit()
+    torch.testing.assert_close(b._mu, X.mean(0))
+    torch.testing.assert_close(b._sd, torch.tensor([X[:, 0].std(unbiased=False), X[:, 1].std(unbiased=False), 1.0]))
+    # the released code's fit, transcribed: same init, z-scored inputs, Adam(weight_decay = lam / n)
+    ref = NeuralUCB(3, hidden=8, hidden_layers=1, train_steps=0, seed=0)
+    net = ref.net
+    Z = (X - X.mean(0)) / torch.where(X.std(0, unbiased=False) > 1e-12, X.std(0, unbiased=False), torch.ones(3))
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2, weight_decay=0.1 / 6)
+    yt = torch.tensor(y)
+    for _ in range(50):
+        opt.zero_grad()
+        ((net(Z).squeeze(-1) - yt) ** 2).mean().backward()
+        opt.step()
+    np.testing.assert_allclose(b.mean(X[:4]), net(Z[:4]).squeeze(-1).detach().double().numpy(), rtol=1e-5, atol=1e-6)
+    # every round restarts from the same weights: two fits on the same data agree exactly
+    first = b.mean(X).tolist()
+    b.fit()
+    assert b.mean(X).tolist() == first
+    fresh = NeuralUCB(3, hidden=8, hidden_layers=1, train_steps=50, lr=1e-2, seed=0, init_each_fit="fresh")
+    for x, r in zip(X, y):
+        fresh.add_observation(x, r)
+    fresh.fit()
+    a1 = fresh.mean(X).tolist()
+    fresh.fit()
+    assert fresh.mean(X).tolist() != a1
+    normal = NeuralUCB(3, hidden=200, hidden_layers=1, train_steps=0, init="normal")
+    assert 0.9 < float(normal.net[0].weight.detach().std()) < 1.1
+    with pytest.raises(ValueError, match="init_each_fit"):
+        NeuralUCB(3, init_each_fit="new")
+
+
 # ------------------------------------------------------------------ EXP3
 def test_exp3_gamma_follows_auer_cor_3_2():
     assert exp3_gamma(10, 1000) == pytest.approx(math.sqrt(10 * math.log(10) / ((math.e - 1) * 1000)))

@@ -12,9 +12,15 @@ scaling are folded into ``ν``. Per-arm gradients are computed for many arms at 
 ``torch.func.vmap(torch.func.grad(...))``; the module runs on whatever ``device`` it is given (CPU by
 default, never hard-wired to CUDA).
 
-Defaults follow EASE: 3 hidden layers of 100 ReLU units, λ = 0.1, ν = 0.01, the network re-initialised and
-retrained each round for 1000 full-batch Adam iterations at lr 1e-3 on the squared error. INSTINCT
-(arXiv 2310.02905) uses one hidden layer and ν = 1 (``NeuralUCB(dim, hidden_layers=1, nu=1.0)``).
+Defaults follow EASE's released code: 3 hidden layers of 100 ReLU units, λ = 0.1, ν = 0.01, and each round
+the network restarts from the *same* initial weights (``init_each_fit="same"``; ``"fresh"`` draws new ones
+per round) and is retrained for 1000 full-batch Adam iterations at lr 1e-3 on the squared error with weight
+decay ``λ / n`` (``n`` observations; ``weight_decay="lam/n"``, or a number). Inputs are z-scored with the
+mean and std of the training points (``standardize=True``, as the released code; a constant dimension is
+centred and left unscaled, where the released ``std + 1e-30`` would blow it up). INSTINCT
+(arXiv 2310.02905) uses one hidden layer, ν = 1 and weights drawn from N(0, 1)
+(``NeuralUCB(dim, hidden_layers=1, nu=1.0, init="normal")``). Note the scale of ν: with EASE's ν = 0.01 the
+bonus is nearly constant across arms (selection is close to greedy); with INSTINCT's ν = 1 it dominates.
 """
 
 from __future__ import annotations
@@ -69,7 +75,14 @@ class NeuralUCB:
         lr: Adam learning rate.
         reset_each_fit: re-initialise the network before each fit (the EASE/INSTINCT practice); otherwise
             warm-start from the previous parameters.
-        seed: seeds network initialisation (round ``k`` uses ``(seed, k)``), so runs are reproducible.
+        init_each_fit: ``"same"`` (the initial weights every round, the released code) or ``"fresh"``
+            (round ``k`` draws from ``(seed, k)``).
+        init: ``"torch"`` (PyTorch's default Linear init) or ``"normal"`` (every weight and bias from
+            N(0, 1), INSTINCT's released code).
+        weight_decay: Adam weight decay, ``"lam/n"`` (λ over the number of observations, the released code)
+            or a number (0 disables it).
+        standardize: z-score the features with the training points' mean and std before the network.
+        seed: seeds network initialisation, so runs are reproducible.
         device, dtype: where the surrogate lives (e.g. ``"cuda"``); inputs are moved there.
         grad_batch: arms per vmap chunk when computing per-arm gradients (bounds memory).
         cpu_threads: intra-op threads used while training/evaluating on CPU (default 1: the surrogate is
@@ -78,8 +91,9 @@ class NeuralUCB:
 
     def __init__(self, dim: int, *, hidden: int = 100, hidden_layers: int = 3, lam: float = 0.1,
                  nu: float = 0.01, train_steps: int = 1000, lr: float = 1e-3, reset_each_fit: bool = True,
-                 seed: int = 0, device: str | torch.device | None = None, dtype: torch.dtype = torch.float32,
-                 grad_batch: int = 256, cpu_threads: int | None = 1) -> None:
+                 init_each_fit: str = "same", init: str = "torch", weight_decay: float | str = "lam/n",
+                 standardize: bool = True, seed: int = 0, device: str | torch.device | None = None,
+                 dtype: torch.dtype = torch.float32, grad_batch: int = 256, cpu_threads: int | None = 1) -> None:
         for name, v in (("dim", dim), ("hidden", hidden), ("hidden_layers", hidden_layers),
                         ("grad_batch", grad_batch)):
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
@@ -91,6 +105,16 @@ class NeuralUCB:
         _check_pos("lr", lr)
         if not isinstance(seed, int):
             raise ValueError(f"seed must be an int, got {seed!r}")
+        if init_each_fit not in ("same", "fresh"):
+            raise ValueError(f"init_each_fit must be 'same' or 'fresh', got {init_each_fit!r}")
+        if init not in ("torch", "normal"):
+            raise ValueError(f"init must be 'torch' or 'normal', got {init!r}")
+        if weight_decay != "lam/n":
+            _check_pos("weight_decay", weight_decay, allow_zero=True)
+        self.init_each_fit, self.init_kind, self.weight_decay = init_each_fit, init, weight_decay
+        self.standardize = standardize
+        self._mu = torch.zeros(dim, device=torch.device(device) if device is not None else "cpu", dtype=dtype)
+        self._sd = torch.ones_like(self._mu)
         self.dim, self.hidden, self.hidden_layers = dim, hidden, hidden_layers
         self.lam, self.nu, self.train_steps, self.lr = float(lam), float(nu), train_steps, float(lr)
         self.reset_each_fit = reset_each_fit
@@ -118,16 +142,25 @@ class NeuralUCB:
         return nn.Sequential(*layers).to(device=self.device, dtype=self.dtype)
 
     def _init(self, k: int) -> None:
-        """PyTorch's default Linear init, drawn from a generator seeded by ``(seed, k)``."""
+        """The initial weights of round ``k`` (PyTorch's default Linear init, or N(0, 1) with
+        ``init="normal"``), drawn from a generator seeded by ``(seed, k)``."""
         g = torch.Generator(device="cpu").manual_seed((self.seed * 1_000_003 + k) % (2**63))
         with torch.no_grad():
             for m in self.net:
                 if isinstance(m, nn.Linear):
-                    bound = 1.0 / math.sqrt(m.in_features)
-                    w = torch.empty(m.weight.shape, dtype=self.dtype).uniform_(-bound, bound, generator=g)
-                    b = torch.empty(m.bias.shape, dtype=self.dtype).uniform_(-bound, bound, generator=g)
+                    if self.init_kind == "normal":
+                        w = torch.randn(m.weight.shape, dtype=self.dtype, generator=g)
+                        b = torch.randn(m.bias.shape, dtype=self.dtype, generator=g)
+                    else:
+                        bound = 1.0 / math.sqrt(m.in_features)
+                        w = torch.empty(m.weight.shape, dtype=self.dtype).uniform_(-bound, bound, generator=g)
+                        b = torch.empty(m.bias.shape, dtype=self.dtype).uniform_(-bound, bound, generator=g)
                     m.weight.copy_(w.to(self.device))
                     m.bias.copy_(b.to(self.device))
+
+    def _scaled(self, t: torch.Tensor) -> torch.Tensor:
+        """Features as the network sees them: z-scored with the training points' statistics."""
+        return (t - self._mu) / self._sd if self.standardize else t
 
     def _as_tensor(self, X: Sequence[Sequence[float]] | np.ndarray | torch.Tensor) -> torch.Tensor:
         t = torch.as_tensor(np.asarray(X, dtype=np.float64) if not isinstance(X, torch.Tensor) else X)
@@ -149,12 +182,21 @@ class NeuralUCB:
         """(Re-)train the surrogate on all observations; returns the final training MSE (0 when no data)."""
         self._fits += 1
         if self.reset_each_fit:
-            self._init(self._fits)
-        if not self.y or self.train_steps == 0:
+            self._init(0 if self.init_each_fit == "same" else self._fits)
+        if not self.y:
             return 0.0
         X = torch.stack(self.X)
+        if self.standardize:
+            self._mu = X.mean(dim=0)
+            sd = X.std(dim=0, unbiased=False) if X.shape[0] > 1 else torch.zeros_like(self._mu)
+            # a constant dimension carries no information: centre it and leave it unscaled
+            self._sd = torch.where(sd > 1e-12, sd, torch.ones_like(sd))
+        if self.train_steps == 0:
+            return 0.0
+        X = self._scaled(X)
         y = torch.tensor(self.y, device=self.device, dtype=self.dtype)
-        opt = torch.optim.Adam(self.net.parameters(), lr=self.lr)
+        wd = self.lam / len(self.y) if self.weight_decay == "lam/n" else float(self.weight_decay)
+        opt = torch.optim.Adam(self.net.parameters(), lr=self.lr, weight_decay=wd)
         loss = torch.zeros((), device=self.device)
         with _cpu_threads(self.cpu_threads):
             for _ in range(self.train_steps):
@@ -167,13 +209,13 @@ class NeuralUCB:
     @torch.no_grad()
     def mean(self, X: Sequence[Sequence[float]] | np.ndarray | torch.Tensor) -> np.ndarray:
         """Surrogate prediction ``f(x; θ)`` for each row."""
-        return self.net(self._as_tensor(X)).squeeze(-1).cpu().double().numpy()
+        return self.net(self._scaled(self._as_tensor(X))).squeeze(-1).cpu().double().numpy()
 
     def gradients(self, X: Sequence[Sequence[float]] | np.ndarray | torch.Tensor) -> torch.Tensor:
         """Per-arm gradients ``∂f(x; θ)/∂θ`` flattened to shape ``(n, n_params)`` (torch.func, chunked)."""
         from torch.func import functional_call, grad, vmap
 
-        Xt = self._as_tensor(X)
+        Xt = self._scaled(self._as_tensor(X))
         params = {k: v.detach() for k, v in self.net.named_parameters()}
 
         def f(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:

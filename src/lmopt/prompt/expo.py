@@ -103,6 +103,9 @@ class SequentialResult:
         return d
 
 
+_EXPO_NET = {"standardize": False, "weight_decay": 0.0, "init_each_fit": "fresh"}
+
+
 class EXPO:
     """EXPO / EXPO-ES for an LLM agent in a :class:`BernoulliBandit` (see the module docstring).
 
@@ -183,8 +186,9 @@ class EXPO:
         cands = [(d, i) for d in descs for i in instrs]
         embed = resolve_embedder(self.embedder) if self.optimize else None
         feats = as_matrix(embed([f"{d}\n{i}" for d, i in cands]), len(cands)) if embed else None
+        # EXPO's score network: a plain regressor on the raw features, re-drawn each round (not EASE's settings)
         net = NeuralUCB(feats.shape[1], hidden_layers=1, nu=0.0, train_steps=self.train_steps, lr=1e-2,
-                        seed=self.seed) if feats is not None else None
+                        seed=self.seed, **_EXPO_NET) if feats is not None else None
         ew = ExponentialWeights(self.eta, seed=self.seed)
         ew.add_arms(len(cands))
         ex_net = None
@@ -248,7 +252,7 @@ class EXPO:
         X = as_matrix(embed(texts), len(texts))
         net = ex_net[1] if ex_net is not None else NeuralUCB(X.shape[1], hidden_layers=1, nu=0.0,
                                                               train_steps=self.train_steps, lr=1e-2,
-                                                              seed=self.seed + 1)
+                                                              seed=self.seed + 1, **_EXPO_NET)
         if net.n_observations:
             net.fit()
             est = net.mean(X)

@@ -352,8 +352,9 @@ class INSTINCT(Optimizer):
             cands = list(dict.fromkeys(cands + gen))
         feats, kind = self._features(ctx, cands)
         ctx.log("candidates", n=len(cands), features=kind, dim=int(feats.shape[1]))
+        # INSTINCT's released surrogate draws its weights from N(0, 1)
         bandit = NeuralUCB(feats.shape[1], hidden=h["hidden"], hidden_layers=h["hidden_layers"], lam=h["lam"],
-                           nu=h["nu"], train_steps=h["train_steps"], lr=h["lr"], seed=ctx.seed)
+                           nu=h["nu"], train_steps=h["train_steps"], lr=h["lr"], seed=ctx.seed, init="normal")
         prompts = [Prompt(c) for c in cands]
         # the seed instruction was already evaluated by the run: feed it to the surrogate first
         seed_score = ctx.score_of(prompts[0])
