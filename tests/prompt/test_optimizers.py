@@ -222,3 +222,22 @@ def test_opro_filters_and_threshold_as_the_authors_code():
     assert f"text:\n{task.instruction}\nscore:" not in metas_hi[0]
     with pytest.raises(ValueError, match="score_threshold"):
         OPRO(score_threshold=30)
+
+
+def test_ease_embeds_the_exemplars_only_as_the_released_code(toy_task):
+    seen: list[str] = []
+    hasher = HashingEmbedder(32)
+
+    def recording(texts):
+        seen.extend(texts)
+        return hasher.encode(texts)
+
+    toy = ToyLM(toy_task)
+    EASE(n_shots=2, **{**FAST_EASE, "embedder": recording, "n_candidates": 8}).run(
+        toy_task, LM(toy.backend), budget=4, split=SPLIT)
+    cand_texts = [t for t in seen if "Input:" in t]
+    assert cand_texts and not any(toy_task.instruction in t for t in cand_texts)
+    seen.clear()
+    EASE(n_shots=2, embed_instruction=True, **{**FAST_EASE, "embedder": recording, "n_candidates": 8}).run(
+        toy_task, LM(ToyLM(toy_task).backend), budget=4, split=SPLIT)
+    assert all(t.startswith(toy_task.instruction) for t in seen if "Input:" in t)

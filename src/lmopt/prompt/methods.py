@@ -237,9 +237,12 @@ class EASE(Optimizer):
     arXiv 2405.16122, Alg. 1).
 
     The search space is ordered ``n_shots``-subsets of the training split (optionally each paired with an
-    instruction: ``joint=True``, the paper's §4.3 extension). Each candidate is embedded *as one string*
-    (instruction + "Input: …\\nOutput: …" exemplars, in order) by a sentence embedder (paper:
-    all-mpnet-base-v2; default here: the embedded all-MiniLM-L6-v2). ``n_candidates`` random candidates
+    instruction: ``joint=True``, the paper's §4.3 extension). Each candidate is embedded *as one string* of
+    its "Input: …\\nOutput: …" exemplars, in order, as the released code does (``embed_instruction=True``
+    prepends the instruction, which narrows the spread of candidate embeddings; with ``joint=True`` the
+    instruction is always embedded, since it is part of what is searched) by a sentence embedder (paper:
+    all-mpnet-base-v2; default here: the embedded all-MiniLM-L6-v2, which reads at most 256 word pieces:
+    later exemplars of a long candidate are cut off, and order changes move the embedding little). ``n_candidates`` random candidates
     are drawn once; with ``ot_filter`` only the ``ot_keep`` with the smallest optimal-transport distance to
     the validation inputs are kept (the paper's OT pre-filter). Then :class:`~lmopt.bandits.NeuralUCB`
     (3×100 ReLU MLP re-trained each round for 1000 Adam steps at lr 1e-3; λ = 0.1, ν = 0.01) selects
@@ -252,7 +255,8 @@ class EASE(Optimizer):
     def __init__(self, n_shots: int = 5, n_candidates: int = 1000, n_initial: int = 40, ot_filter: bool = False,
                  ot_keep: int = 200, joint: bool = False, instructions: list[str] | None = None,
                  n_instructions: int = 10, embedder: Any = "minilm", lam: float = 0.1, nu: float = 0.01,
-                 train_steps: int = 1000, lr: float = 1e-3, hidden: int = 100, hidden_layers: int = 3) -> None:
+                 train_steps: int = 1000, lr: float = 1e-3, hidden: int = 100, hidden_layers: int = 3,
+                 embed_instruction: bool = False) -> None:
         _check_int("n_shots", n_shots, 1)
         _check_int("n_candidates", n_candidates, 1)
         _check_int("n_initial", n_initial)
@@ -261,7 +265,8 @@ class EASE(Optimizer):
         super().__init__(n_shots=n_shots, n_candidates=n_candidates, n_initial=n_initial, ot_filter=ot_filter,
                          ot_keep=ot_keep, joint=joint, instructions=list(instructions or []),
                          n_instructions=n_instructions, embedder=embedder_identity(embedder), lam=lam, nu=nu,
-                         train_steps=train_steps, lr=lr, hidden=hidden, hidden_layers=hidden_layers)
+                         train_steps=train_steps, lr=lr, hidden=hidden, hidden_layers=hidden_layers,
+                         embed_instruction=embed_instruction)
 
     def _optimize(self, ctx: RunContext) -> None:
         h = self.hparams
@@ -291,7 +296,11 @@ class EASE(Optimizer):
             idx_rows = [idx_rows[int(i)] for i in sorted(keep)]
             ctx.log("ot_filter", kept=len(idx_rows), distance_min=float(d.min()), distance_max=float(d.max()))
         cands = [Prompt(instr[j], tuple(pool[i] for i in idx)) for j, idx in idx_rows]
-        feats = as_matrix(embed([prompt_text(ctx.task, c) for c in cands]), len(cands))
+        if h["embed_instruction"] or h["joint"]:
+            texts = [prompt_text(ctx.task, c) for c in cands]
+        else:  # the released code embeds the exemplars only
+            texts = [ctx.task.format_exemplars(c.exemplars).strip() for c in cands]
+        feats = as_matrix(embed(texts), len(cands))
         bandit = NeuralUCB(feats.shape[1], hidden=h["hidden"], hidden_layers=h["hidden_layers"], lam=h["lam"],
                            nu=h["nu"], train_steps=h["train_steps"], lr=h["lr"], seed=ctx.seed)
         ctx.log("candidates", n=len(cands), dim=int(feats.shape[1]))
