@@ -243,8 +243,10 @@ class EASE(Optimizer):
     instruction is always embedded, since it is part of what is searched) by a sentence embedder (paper:
     all-mpnet-base-v2; default here: the embedded all-MiniLM-L6-v2, which reads at most 256 word pieces:
     later exemplars of a long candidate are cut off, and order changes move the embedding little).
-    ``n_candidates`` random candidates are drawn once; with ``ot_filter`` only the ``ot_keep`` with the smallest optimal-transport distance to
-    the validation inputs are kept (the paper's OT pre-filter). Then :class:`~lmopt.bandits.NeuralUCB`
+    ``n_candidates`` random candidates are drawn once; with ``ot_filter`` only the ``ot_keep`` with the
+    smallest optimal-transport distance to the validation inputs are kept (the paper's OT pre-filter; the
+    released code keeps it on, matches inputs and outputs, keeps the top 2% of a fresh pool each round and
+    solves the transport exactly: not reproduced here). Then :class:`~lmopt.bandits.NeuralUCB`
     (3×100 ReLU MLP re-trained each round for 1000 Adam steps at lr 1e-3; λ = 0.1, ν = 0.01) selects
     which to evaluate after ``n_initial`` random ones (paper: 40 of 165).
     """
