@@ -158,3 +158,45 @@ def test_embedder_is_normalised_and_semantic():
     assert float(v[0] @ v[1]) > float(v[0] @ v[2])
     with pytest.raises(TypeError, match="list of strings"):
         e.encode("just one")
+
+
+class _BosTokenizer:
+    """The SmolLM2 tokenizer behaving like Gemma's / Llama's: a BOS in front of every text by default."""
+
+    def __init__(self, tok):
+        self._tok = tok
+        self.bos_token_id = tok.bos_token_id
+
+    def __call__(self, text, add_special_tokens=True, **kw):
+        enc = self._tok(text, add_special_tokens=False, **kw)
+        if add_special_tokens:
+            enc["input_ids"] = [self.bos_token_id, *enc["input_ids"]]
+        return enc
+
+    def __getattr__(self, name):
+        return getattr(self._tok, name)
+
+
+def test_prompts_get_the_bos_a_tokenizer_adds_by_default(local):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from lmopt.lm import LocalLM
+    from lmopt.lm.local import bos_to_prepend, with_bos
+
+    assert bos_to_prepend(local.tokenizer) is None  # SmolLM2 adds none: prompts unchanged
+    tok = _BosTokenizer(local.tokenizer)
+    assert bos_to_prepend(tok) == tok.bos_token_id
+    assert with_bos([5, 6], 1) == [1, 5, 6] and with_bos([1, 5], 1) == [1, 5] and with_bos([5], None) == [5]
+    torch.manual_seed(0)  # transformers initialises weights from the global RNG; tests only
+    cfg = LlamaConfig(vocab_size=len(local.tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128)
+    model = LlamaForCausalLM(cfg).eval()
+    lm = LocalLM(model_obj=model, tokenizer=tok)
+    p, c = "2 + 2 =", " 4 or 5"
+    pi = local.tokenizer(p, add_special_tokens=False).input_ids
+    ci = local.tokenizer(c, add_special_tokens=False).input_ids
+    s = lm.score([p], [c])[0]
+    assert s.logprob == pytest.approx(_manual_logprob(model, [tok.bos_token_id, *pi], ci), abs=1e-4)
+    assert s.logprob != pytest.approx(_manual_logprob(model, pi, ci), abs=1e-4)
+    out = lm.generate([p], GenerationConfig(max_new_tokens=2))[0][0]
+    assert out.prompt_tokens == len(pi) + 1

@@ -20,6 +20,30 @@ from .types import Completion, GenerationConfig, Score
 EMBEDDED = "embedded:smollm2-135m-instruct"
 
 
+def bos_to_prepend(tokenizer: Any) -> int | None:
+    """The BOS id when ``tokenizer`` puts one in front of a text by default (Gemma, Llama), else None.
+
+    Prompts are encoded without special tokens (so that continuations join them exactly); a model trained
+    with a leading BOS then needs it added back, or its outputs degrade (a Gemma model answered every
+    prompt the same way without it).
+    """
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None:
+        return None
+    try:
+        ids = tokenizer("a", add_special_tokens=True).input_ids
+    except Exception:  # noqa: BLE001 - a tokenizer without special-token handling adds nothing
+        return None
+    return bos if ids[:1] == [bos] else None
+
+
+def with_bos(ids: list[int], bos: int | None) -> list[int]:
+    """``ids`` with ``bos`` in front unless it is None or already there (a chat template may write it)."""
+    if bos is None or (ids and ids[0] == bos):
+        return ids
+    return [bos, *ids]
+
+
 def _row_seed(seed: int, text: str, sample: int) -> int:
     h = hashlib.sha256(f"{seed}\x00{sample}\x00{text}".encode()).digest()
     return int.from_bytes(h[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
@@ -84,6 +108,7 @@ class LocalLM(Backend):
         eos = getattr(self.model.generation_config, "eos_token_id", None)
         eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos]) | {tok.eos_token_id}
         self._eos = sorted(i for i in eos_ids if i is not None)
+        self._bos = bos_to_prepend(tok)
         # transformers >= 5.2x renamed past_key_values to cache (input and output); support both.
         import inspect
 
@@ -101,6 +126,10 @@ class LocalLM(Backend):
 
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False).input_ids
+
+    def _encode_prompt(self, text: str) -> list[int]:
+        """A prompt's tokens, with the model's BOS in front when its tokenizer adds one by default."""
+        return with_bos(self._encode(text), self._bos)
 
     def _left_pad(self, rows: list[list[int]]) -> tuple[Any, Any]:
         import torch
@@ -168,7 +197,7 @@ class LocalLM(Backend):
 
     # -- generation -------------------------------------------------------------------------------
     def generate(self, prompts: Sequence[str], config: GenerationConfig) -> list[list[Completion]]:
-        rows = [(p, self._encode(p), j) for p in prompts for j in range(config.n)]
+        rows = [(p, self._encode_prompt(p), j) for p in prompts for j in range(config.n)]
         for _p, ids, _ in rows:
             if not ids:
                 raise ValueError("cannot generate from an empty prompt; give at least one token of text")
@@ -276,7 +305,7 @@ class LocalLM(Backend):
         import torch
         pairs = []
         for p, c in zip(prompts, continuations):
-            pi, ci = self._encode(p), self._encode(c)
+            pi, ci = self._encode_prompt(p), self._encode(c)
             if not pi or not ci:
                 raise ValueError("score needs a non-empty prompt and a non-empty continuation")
             pairs.append((pi, ci))
@@ -329,6 +358,7 @@ class LocalLM(Backend):
         enc = [self._encode(t) for t in texts]
         if any(not e for e in enc):
             raise ValueError("hidden_states needs non-empty texts")
+        enc = [with_bos(e, self._bos) for e in enc]
         out = []
         with torch.inference_mode():
             for start in range(0, len(enc), self.batch_size):
