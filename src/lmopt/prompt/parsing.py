@@ -6,7 +6,9 @@ Small local models often ignore formatting instructions. Proposals are therefore
    closing tag takes the rest of the text);
 2. a JSON object with one of the keys ``tag``, ``prompt``, ``instruction`` (a fenced ```json block or the
    first ``{…}`` in the text);
-3. only when ``plain=True``: the first non-empty line, stripped of quotes and list markers.
+3. only when ``plain=True``: the first non-empty line, stripped of quotes and list markers and of a
+   leading "The instruction was (to)" echo of the question; a line with fewer than two words of letters
+   (e.g. a copied ``@handle`` or a label) is no instruction and is rejected (``how="not_instruction"``).
 
 The result is cleaned (whitespace collapsed at the ends, surrounding quotes removed) and rejected when it
 is empty, shorter than ``min_chars`` or longer than ``max_chars``: callers then retry, and after the last
@@ -22,6 +24,7 @@ import re
 from dataclasses import dataclass
 
 _QUOTES = "\"'`“”‘’"
+_ECHO = re.compile(r"^(?:the\s+)?instruction\s+(?:was|is)(?:\s+to)?\s*:?\s*", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -29,7 +32,7 @@ class Parsed:
     """A parsed proposal: ``text`` is None when nothing usable was found; ``how`` says which rule matched."""
 
     text: str | None
-    how: str  # "tag" | "json" | "plain" | "none" | "empty" | "too_long"
+    how: str  # "tag" | "json" | "plain" | "none" | "empty" | "too_long" | "not_instruction"
 
 
 def _clean(s: str) -> str:
@@ -89,6 +92,10 @@ def parse_proposal(text: str, tag: str = "prompt", *, plain: bool = False, min_c
         found, how = extract_json_field(text, (tag, "prompt", "instruction")), "json"
     if found is None and plain:
         found, how = first_plain_line(text), "plain"
+        if found is not None:
+            found = _ECHO.sub("", found).strip()
+            if len(re.findall(r"[A-Za-z]{2,}", found)) < 2:
+                return Parsed(None, "not_instruction")
     if found is None:
         return Parsed(None, "none")
     found = _clean(found)
