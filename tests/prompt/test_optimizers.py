@@ -241,3 +241,12 @@ def test_ease_embeds_the_exemplars_only_as_the_released_code(toy_task):
     EASE(n_shots=2, embed_instruction=True, **{**FAST_EASE, "embedder": recording, "n_candidates": 8}).run(
         toy_task, LM(ToyLM(toy_task).backend), budget=4, split=SPLIT)
     assert all(t.startswith(toy_task.instruction) for t in seen if "Input:" in t)
+
+
+def test_instinct_pool_outlasts_the_budget(toy_task):
+    toy = ToyLM(toy_task)
+    res = INSTINCT(n_candidates=3, n_initial=2, features="embedding", embedder=HashingEmbedder(16),
+                   train_steps=5).run(toy_task, LM(toy.backend), budget=8, split=SPLIT)
+    pool = [h for h in res.history if h["kind"] == "candidates"][0]["n"]
+    assert pool >= 8  # one more than the evaluations left after the seed's
+    assert res.n_evaluations == 8

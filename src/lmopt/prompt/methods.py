@@ -320,9 +320,12 @@ class INSTINCT(Optimizer):
 
     Deviation: the paper searches a soft-prompt space whose points an open LLM turns into instructions
     (InstructZero's generator). Here candidates come from any instruction generator — by default APE
-    forward generation by the optimiser LM (``n_candidates`` instructions), plus the seed instruction.
-    Known issue (seen with small proposer models): candidates may degenerate into copied exemplars; such candidates are
-    kept (they are legitimate prompts) and visible in the history.
+    forward generation by the optimiser LM (``n_candidates`` instructions, raised to one more than the
+    evaluation budget so that the pool never runs out before the budget does), plus the seed instruction.
+    Known issue (seen with small proposer models): candidates may degenerate into copied exemplars; such
+    candidates are kept (they are legitimate prompts) and visible in the history. The released code's
+    white-box features are the generator's input (soft prompt, demonstrations and "The instruction was
+    to"), z-scored; here they are the instruction's own hidden state, z-scored by the surrogate.
     """
 
     name = "instinct"
@@ -357,8 +360,11 @@ class INSTINCT(Optimizer):
     def _optimize(self, ctx: RunContext) -> None:
         h = self.hparams
         cands = list(dict.fromkeys([ctx.task.instruction, *h["candidates"]]))
-        if len(cands) < h["n_candidates"] + 1:
-            gen = generate_instructions(ctx, h["n_candidates"] + 1 - len(cands), temperature=h["temperature"],
+        # the pool must exceed the evaluation budget, or the search ends early and spends less than the
+        # methods it is compared with
+        n_pool = max(h["n_candidates"], ctx.evaluations_left + 1)
+        if len(cands) < n_pool + 1:
+            gen = generate_instructions(ctx, n_pool + 1 - len(cands), temperature=h["temperature"],
                                         stream="instinct-gen")
             cands = list(dict.fromkeys(cands + gen))
         feats, kind = self._features(ctx, cands)
