@@ -53,3 +53,36 @@ def test_rewriter_and_judge_see_requirement_and_references():
     SPO(rounds=1, show_requirement=False, show_references=False).run(
         task, LM(ScriptedBackend(_position_biased(seen_off))), budget=5, split=SPLIT, seed=0)
     assert not any("Reference answer" in p or "Task requirement" in p for p in seen_off)
+
+
+def test_judge_by_scoring_the_closed_answers():
+    """judge_mode='score' ranks "<choose>A" against "<choose>B" by log-probability; no judge text is generated."""
+    from lmopt.lm.scripted import render_chat
+
+    task = make_task()
+    scored: list[tuple[str, str]] = []
+
+    def respond(prompt, config, j):
+        assert "<choose>" not in prompt, "the judge must not be asked to generate"
+        if "</prompt>" in prompt:
+            return f"<prompt>Answer yes or no, version {config.seed}.</prompt>"
+        return "yes"
+
+    def score(prompt, continuation):
+        scored.append((prompt, continuation))
+        return -1.0 if continuation == "B" else -2.0  # this judge prefers B
+
+    lm = LM(ScriptedBackend(respond, score))
+    conv = [{"role": "user", "content": "Pick."}]
+    assert lm.choose(conv, ["A", "B"], prefix="<choose>") == (1, [-2.0, -1.0])
+    assert scored[-1] == (render_chat((("user", "Pick."),)) + "<choose>", "B")
+    res = SPO(rounds=6, judge_mode="score").run(task, lm, budget=20, split=SPLIT, seed=0)
+    rounds = [h for h in res.history if h["kind"] == "spo_round" and "new_wins" in h]
+    assert rounds and sum(h["new_wins"] for h in rounds) > 0  # the new answers won whenever they were set B
+    assert any(c == "A" for _, c in scored) and res.parse_failures == 0
+    try:
+        SPO(rounds=1, judge_mode="score").run(task, LM(ScriptedBackend(respond)), budget=5, split=SPLIT, seed=0)
+    except ValueError as exc:
+        assert "judge_mode='score'" in str(exc)
+    else:
+        raise AssertionError("judge_mode='score' without a scoring judge must raise")

@@ -37,6 +37,16 @@ class Backend(ABC):
     def supports_score(self) -> bool:
         return type(self).score is not Backend.score
 
+    def render_chat(self, conversation: tuple[tuple[str, str], ...]) -> str:
+        """The raw prompt text a conversation becomes (chat template, generation prompt included), so that
+        the answer's options can be scored (:meth:`lmopt.lm.LM.choose`)."""
+        raise NotImplementedError(f"backend {self.name!r} cannot render a conversation as a raw prompt")
+
+    @property
+    def supports_choose(self) -> bool:
+        """Whether a closed set of answers to a conversation can be scored instead of generated."""
+        return self.supports_score and type(self).render_chat is not Backend.render_chat
+
     def count_tokens(self, text: str) -> int:
         """Token count used for budget estimates; backends with a tokenizer override this."""
         return max(1, (len(text) + 3) // 4)

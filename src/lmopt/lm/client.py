@@ -186,6 +186,30 @@ class LM:
         self.meter.charge(role, 0, 0, 0, cached_calls=n_hits)
         return [o if o is not None else fresh[k] for o, k in zip(out, keys)]
 
+    @property
+    def supports_choose(self) -> bool:
+        return self.backend.supports_choose
+
+    def choose(self, conversation: Sequence[Message], options: Sequence[str], *, prefix: str = "",
+               role: str = "task") -> tuple[int, list[float]]:
+        """Answer a conversation with one of ``options`` by scoring them instead of generating: each option
+        (after ``prefix``, e.g. an opening tag) is scored as the start of the reply; returns the index of the
+        most likely one (ties: the first) and every option's log-probability. Cached and budgeted as scores.
+
+        For closed answer sets (a judge's A/B, an arm number) this replaces parsing free text that small
+        models rarely format as asked.
+        """
+        opts = [str(o) for o in options]
+        if len(opts) < 2 or any(not o for o in opts):
+            raise ValueError("choose needs at least two non-empty options")
+        if not self.backend.supports_choose:
+            raise NotImplementedError(f"backend {self.name!r} cannot score a conversation's answers; "
+                                      "generate and parse instead (LocalLM and ScriptedBackend can)")
+        prompt = self.backend.render_chat(validate_messages(conversation)) + prefix
+        scores = self.score([prompt] * len(opts), opts, role=role)
+        logps = [s.logprob for s in scores]
+        return max(range(len(opts)), key=lambda i: (logps[i], -i)), logps
+
     def hidden_states(self, texts: Sequence[str], **kwargs: Any) -> Any:
         """Hidden states from a white-box backend (e.g. ``LocalLM``); not cached, not budgeted."""
         fn = getattr(self.backend, "hidden_states", None)

@@ -215,12 +215,13 @@ class LocalLM(Backend):
 
     def chat(self, conversations: Sequence[tuple[tuple[str, str], ...]],
              config: GenerationConfig) -> list[list[Completion]]:
+        return self.generate([self.render_chat(conv) for conv in conversations], config)
+
+    def render_chat(self, conversation: tuple[tuple[str, str], ...]) -> str:
         if getattr(self.tokenizer, "chat_template", None) is None:
             raise ValueError(f"model {self.name!r} has no chat template; use generate() with a raw prompt")
-        texts = [self.tokenizer.apply_chat_template([{"role": r, "content": c} for r, c in conv],
-                                                    tokenize=False, add_generation_prompt=True)
-                 for conv in conversations]
-        return self.generate(texts, config)
+        return self.tokenizer.apply_chat_template([{"role": r, "content": c} for r, c in conversation],
+                                                  tokenize=False, add_generation_prompt=True)
 
     def _decode_batch(self, rows: list[tuple[str, list[int], int]], config: GenerationConfig,
                       n_prefix: int = 0, prefix_cache: Any = None) -> list[Completion]:

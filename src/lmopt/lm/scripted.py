@@ -67,3 +67,6 @@ class ScriptedBackend(Backend):
     @property
     def supports_score(self) -> bool:
         return self._score_fn is not None
+
+    def render_chat(self, conversation: tuple[tuple[str, str], ...]) -> str:
+        return render_chat(conversation)

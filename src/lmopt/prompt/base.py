@@ -270,6 +270,28 @@ class RunContext:
             self._save()
         return [list(calls[k]) for k in keys]
 
+    def can_choose(self, role: str = "judge") -> bool:
+        """Whether the LM of ``role`` can score a closed set of answers (see :meth:`choose`)."""
+        return self._lm_for(role).supports_choose
+
+    def choose(self, conversation: Sequence[dict[str, str]], options: Sequence[str], *, prefix: str = "",
+               role: str = "judge") -> int:
+        """The index of the most likely of ``options`` as the reply to ``conversation`` (scored, not generated:
+        :meth:`lmopt.lm.LM.choose`), journaled for resume."""
+        lm = self._lm_for(role)
+        calls = self.journal.setdefault("choices", {})
+        blob = json.dumps({"role": role, "model": lm.name, "messages": [dict(m) for m in conversation],
+                           "options": list(options), "prefix": prefix}, sort_keys=True)
+        key = hashlib.sha256(blob.encode()).hexdigest()[:32]
+        if key not in calls:
+            try:
+                idx, _ = lm.choose(list(conversation), list(options), prefix=prefix, role=role)
+            except BudgetExceeded as exc:
+                raise StopRun(f"LM budget: {exc}") from exc
+            calls[key] = idx
+            self._save()
+        return int(calls[key])
+
     def propose(self, conversation: Sequence[dict[str, str]], *, tag: str = "prompt", plain: bool = False,
                 retries: int = 2, temperature: float = 1.0, max_new_tokens: int = 128, n: int = 1,
                 seed: int = 0, role: str = "optimizer", what: str = "proposal") -> list[str]:

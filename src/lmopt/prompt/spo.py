@@ -13,6 +13,11 @@ the A/B position of the new answers is drawn at random for each judgement (seede
 alternation would give a position-biased judge exactly half the votes every round, so no rewrite could
 ever win a strict majority (``ab_order="alternate"`` keeps that order for comparison).
 
+``judge_mode``: ``"generate"`` parses ``<choose>A</choose>`` from the judge's free text (the authors' way);
+``"score"`` scores the two closed answers after ``<choose>`` instead (:meth:`lmopt.lm.LM.choose`), which a
+small judge model can always "follow"; ``"auto"`` (default) scores when the judge LM can (a
+:class:`~lmopt.lm.LocalLM`), else generates.
+
 Budget: each execution of a new prompt on the question sample spends one evaluation; one evaluation is
 reserved to score the final prompt on the validation split (for the report only: the search never sees a
 label). A proposal that cannot be parsed after retries is a logged ``parse_failure`` and the round keeps
@@ -34,15 +39,18 @@ class SPO(Optimizer):
 
     def __init__(self, rounds: int = 10, n_questions: int = 3, n_judgements: int = 4, temperature: float = 0.7,
                  max_output_chars: int = 600, show_requirement: bool = True, show_references: bool = True,
-                 ab_order: str = "random") -> None:
+                 ab_order: str = "random", judge_mode: str = "auto") -> None:
         for k, v in (("rounds", rounds), ("n_questions", n_questions), ("n_judgements", n_judgements)):
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{k} must be a positive int, got {v!r}")
         if ab_order not in ("random", "alternate"):
             raise ValueError(f"ab_order must be 'random' or 'alternate', got {ab_order!r}")
+        if judge_mode not in ("auto", "generate", "score"):
+            raise ValueError(f"judge_mode must be 'auto', 'generate' or 'score', got {judge_mode!r}")
         super().__init__(rounds=rounds, n_questions=n_questions, n_judgements=n_judgements,
                          temperature=temperature, max_output_chars=max_output_chars,
-                         show_requirement=show_requirement, show_references=show_references, ab_order=ab_order)
+                         show_requirement=show_requirement, show_references=show_references, ab_order=ab_order,
+                         judge_mode=judge_mode)
 
     def _qa(self, qs: list, outs: list[str]) -> str:
         m = self.hparams["max_output_chars"]
@@ -105,7 +113,12 @@ class SPO(Optimizer):
                    f"{self._context(ctx, qs)}"
                    f"Answers A:\n{self._qa(qs, a)}\n\nAnswers B:\n{self._qa(qs, b)}\n\n"
                    "Reply with <choose>A</choose> or <choose>B</choose>.")
-            texts = ctx.complete([[{"role": "user", "content": msg}]], _judge_cfg(r * 10 + j), role="judge")[0]
+            conv = [{"role": "user", "content": msg}]
+            if self._scores_judgements(ctx):
+                choice = "AB"[ctx.choose(conv, ["A", "B"], prefix="<choose>", role="judge")]
+                wins += int((choice == "A") == new_is_a)
+                continue
+            texts = ctx.complete([conv], _judge_cfg(r * 10 + j), role="judge")[0]
             choice = _parse_choice(texts[0])
             if choice is None:
                 ctx.parse_failures += 1
@@ -113,6 +126,13 @@ class SPO(Optimizer):
                 continue
             wins += int((choice == "A") == new_is_a)
         return wins
+
+    def _scores_judgements(self, ctx: RunContext) -> bool:
+        mode = self.hparams["judge_mode"]
+        if mode == "score" and not ctx.can_choose("judge"):
+            raise ValueError("judge_mode='score' needs a judge LM that can score answers (a LocalLM); "
+                             "use judge_mode='generate'")
+        return mode == "score" or (mode == "auto" and ctx.can_choose("judge"))
 
     def _finalize(self, ctx: RunContext) -> None:
         final = getattr(self, "_final", None)
