@@ -80,3 +80,21 @@ def test_optimizer_budget_stops_the_rewriting_not_the_run():
     assert len(res.rewards) == 5 and len(res.candidates) == 1
     assert "optimizer LM budget" in res.stop_reason
     assert any(h["kind"] == "budget" and h["role"] == "optimizer" for h in res.history)
+
+
+def test_actions_scored_over_the_arm_numbers():
+    """action_mode='score' takes the most likely arm number after '<arm>'; no action text is parsed."""
+    def score(prompt, continuation):
+        return 0.0 if continuation == "2" else -3.0
+
+    def no_text(prompt, config, j):
+        assert "pull" not in prompt.lower(), "actions must be scored, not generated"
+        return agent(prompt, config, j)
+
+    lm = LM(ScriptedBackend(no_text, score))
+    env = BernoulliBandit((0.1, 0.1, 0.9), seed=0)
+    res = EXPO(embedder=HashingEmbedder(64), n_descriptions=1, n_instructions=1, train_steps=5, seed=0,
+               action_mode="score").run(env, lm, horizon=6)
+    assert res.arms == [2] * 6 and res.parse_failures == 0
+    with pytest.raises(ValueError, match="action_mode='score'"):
+        EXPO(embedder=HashingEmbedder(64), action_mode="score").run(env, LM(ScriptedBackend(agent)), horizon=2)

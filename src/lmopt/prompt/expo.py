@@ -118,13 +118,18 @@ class EXPO:
         train_steps: Adam steps of the score network per step.
         action_tokens: new tokens the agent may write per action. Small chat models often write a
             sentence before the number ("You are correct, ... The answer is 2."), which 12 tokens cut off.
+        action_mode: ``"generate"`` parses the arm from the agent's text (the paper's agent); ``"score"``
+            scores each arm number after ``<arm>`` instead (:meth:`lmopt.lm.LM.choose`: the most likely arm,
+            never unparseable); ``"auto"`` (default) scores when the task LM can (a LocalLM).
         seed: all random choices (sampling of meta-prompts, exemplars, fallback arms).
     """
 
     def __init__(self, *, n_descriptions: int = 4, n_instructions: int = 4, eta: float = 0.5,
                  exemplar_search: bool = False, n_exemplar_sets: int = 8, exemplar_size: int = 10,
                  optimize: bool = True, embedder: Any = "minilm", train_steps: int = 100, action_tokens: int = 40,
-                 seed: int = 0) -> None:
+                 action_mode: str = "auto", seed: int = 0) -> None:
+        if action_mode not in ("auto", "generate", "score"):
+            raise ValueError(f"action_mode must be 'auto', 'generate' or 'score', got {action_mode!r}")
         for k, v in (("n_descriptions", n_descriptions), ("n_instructions", n_instructions),
                      ("n_exemplar_sets", n_exemplar_sets), ("exemplar_size", exemplar_size),
                      ("action_tokens", action_tokens)):
@@ -134,6 +139,7 @@ class EXPO:
         self.exemplar_search, self.n_exemplar_sets, self.exemplar_size = exemplar_search, n_exemplar_sets, exemplar_size
         self.optimize, self.embedder, self.train_steps, self.seed = optimize, embedder, train_steps, seed
         self.action_tokens = action_tokens
+        self.action_mode = action_mode
         self.name = "fixed" if not optimize else ("expo-es" if exemplar_search else "expo")
 
     def _rephrase(self, lm: LM, text: str, n: int, what: str, history: list) -> list[str]:
@@ -195,6 +201,10 @@ class EXPO:
         interactions: list[tuple[int, int, float]] = []
         rewards, arms, chosen = [], [], []
         failures = sum(h["kind"] == "parse_failure" for h in history)
+        if self.action_mode == "score" and not lm.supports_choose:
+            raise ValueError("action_mode='score' needs a task LM that can score answers (a LocalLM); "
+                             "use action_mode='generate'")
+        score_actions = self.action_mode == "score" or (self.action_mode == "auto" and lm.supports_choose)
         for t in range(horizon):
             if net is not None and len(cands) > 1:
                 if net.n_observations:
@@ -207,9 +217,14 @@ class EXPO:
             if self.exemplar_search and self.optimize and len(interactions) > self.exemplar_size:
                 exemplars, ex_net = self._choose_exemplars(interactions, embed, ex_net, rng, history)
             prompt = self.render(*cands[i], exemplars, env.n_arms, horizon, t)
+            conv = [{"role": "user", "content": prompt}]
             try:
-                cfg = GenerationConfig(max_new_tokens=self.action_tokens)
-                text = lm.chat([[{"role": "user", "content": prompt}]], cfg, role="task")[0][0].text
+                if score_actions:
+                    arm, _ = lm.choose(conv, [str(a) for a in range(env.n_arms)], prefix="<arm>", role="task")
+                    text = f"<arm>{arm}</arm>"
+                else:
+                    cfg = GenerationConfig(max_new_tokens=self.action_tokens)
+                    text = lm.chat([conv], cfg, role="task")[0][0].text
             except BudgetExceeded as exc:
                 stop = f"LM budget: {exc}"
                 break
