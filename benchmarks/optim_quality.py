@@ -24,6 +24,8 @@ from lmopt.tinygpt import optimizers, train_run
 def _extra(p: Any) -> None:
     p.add_argument("--steps", type=int, default=None, help="training steps per run (default 300; quick 20)")
     p.add_argument("--only", default=None, help="comma-separated optimizer names to run (default: all)")
+    p.add_argument("--size", default="1m", choices=["1m", "small"],
+                   help="model: 4 layers x 144 (1.02M parameters, default) or 2 x 64 (106k); --quick uses small")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (default 1: the model is tiny and the CPU shared; more threads only spin)")
 
@@ -37,7 +39,7 @@ def steps_to_reach(curve: list[tuple[int, float]], target: float) -> int | None:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args("optim_quality", __doc__.splitlines()[0], default_seeds=3, argv=argv, extra=_extra)
-    seeds, steps, corpus, cfg, batch, eval_every, eval_batches = tiny_setup(args, quick_steps=20)
+    seeds, steps, corpus, cfg, batch, eval_every, eval_batches = tiny_setup(args, quick_steps=20, size=args.size)
     opts = optimizers()
     tune_seed, report_seeds = tuning_and_report_seeds(seeds)
     if args.only:

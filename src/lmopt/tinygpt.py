@@ -194,13 +194,13 @@ def optimizers() -> dict[str, tuple[list[float], Callable[[GPT, float], torch.op
 
     return {
         "AdamW": ([1e-3, 3e-3, 1e-2], adamw),
-        "Lion": ([1e-4, 3e-4, 1e-3], lion),
+        "Lion": ([1e-4, 3e-4, 1e-3, 3e-3], lion),
         "AdaBelief": ([1e-3, 3e-3, 1e-2], adabelief),
-        "EXAdam": ([3e-4, 1e-3, 3e-3], exadam),
-        "APOLLO": ([3e-3, 1e-2, 3e-2], apollo),
+        "EXAdam": ([3e-4, 1e-3, 3e-3, 1e-2], exadam),
+        "APOLLO": ([3e-3, 1e-2, 3e-2, 1e-1], apollo),
         "APOLLO-Mini": ([1e-3, 3e-3, 1e-2, 3e-2], lambda m, lr: apollo(m, lr, mini=True)),
         "Muon": ([0.02, 0.05, 0.1], muon),
-        "SOAP": ([3e-3, 1e-2, 3e-2], soap),
+        "SOAP": ([3e-3, 1e-2, 3e-2, 1e-1], soap),
     }
 
 
