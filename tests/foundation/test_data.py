@@ -96,3 +96,27 @@ def test_hugging_face_datasets_loader_on_local_json(tmp_path):
     assert len(t.examples) == 6 and t.examples[1].target == "yes" and t.is_classification
     with pytest.raises(ValueError, match="has no column 'sentence'"):
         load_hf_task("json", "sentence", "label", data_files=str(tmp_path / "d.jsonl"))
+
+
+def test_induction_tasks_are_correct_and_seeded():
+    from lmopt.data import load_induction_task, load_task
+    from lmopt.data.induction import ANIMALS
+
+    t = load_task("second_letter", size=50, seed=1)
+    assert t.is_classification and all(e.target == e.input[1] for e in t.examples)
+    assert [e.input for e in t.examples] == [e.input for e in load_task("second_letter", size=50, seed=1).examples]
+    assert [e.input for e in t.examples] != [e.input for e in load_task("second_letter", size=50, seed=2).examples]
+    wl = load_induction_task("word_length", size=70)
+    assert all(e.target == str(len(e.input)) for e in wl.examples)
+    counts = {n: sum(e.target == n for e in wl.examples) for n in wl.labels}
+    assert set(counts.values()) == {10}  # balanced: a constant answer scores 1/7
+    sp = load_induction_task("spell", size=20)
+    assert all(e.target == " ".join(e.input) for e in sp.examples)
+    assert sp.score("T-i-d-e.\nmore", type(sp.examples[0])("tide", "t i d e")) == 1.0
+    la = load_induction_task("larger_animal", size=40)
+    for e in la.examples:
+        a, b = e.input.split(", ")
+        assert e.target == max(a, b, key=ANIMALS.index)
+    assert la.score("Horse is larger", type(la.examples[0])("cat, horse", "horse")) == 1.0
+    with pytest.raises(ValueError, match="unknown induction task"):
+        load_induction_task("antonym")

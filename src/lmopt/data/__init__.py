@@ -1,5 +1,6 @@
 """Tasks (examples + metric + template + parser) and loaders for embedded and Hugging Face data."""
 
+from .induction import load_induction_task
 from .loaders import (
     REASONING_GYM_TASKS,
     TWEET_LABELS,
@@ -16,6 +17,5 @@ from .loaders import (
 from .task import Example, Splits, Task, exact_match, first_line
 
 __all__ = ["Example", "Splits", "Task", "exact_match", "first_line", "REASONING_GYM_TASKS", "TWEET_LABELS",
-           "available_tasks", "load_gsm8k", "load_hf_task", "load_letter_task", "load_reasoning_gym",
-           "load_task", "load_tweets",
-           "parse_last_number", "shakespeare_text"]
+           "available_tasks", "load_gsm8k", "load_hf_task", "load_induction_task", "load_letter_task",
+           "load_reasoning_gym", "load_task", "load_tweets", "parse_last_number", "shakespeare_text"]

@@ -274,10 +274,19 @@ def shakespeare_text(max_chars: int | None = None) -> str:
     return text[:max_chars] if max_chars else text
 
 
+def _induction(kind: str) -> Callable[..., Task]:
+    def load(**kw: Any) -> Task:
+        from .induction import load_induction_task
+
+        return load_induction_task(kind, **kw)
+    return load
+
+
 _LOADERS: dict[str, Callable[..., Task]] = {
     "tweets": load_tweets, "gsm8k": load_gsm8k,
     "first_letter": lambda **kw: load_letter_task("first", **kw),
     "last_letter": lambda **kw: load_letter_task("last", **kw),
+    **{k: _induction(k) for k in ("second_letter", "word_length", "spell", "larger_animal")},
 }
 
 
