@@ -115,3 +115,29 @@ def test_zo_trainer_follows_the_learning_rate_schedule(tmp_path):
     trainer.train()
     # linear decay without warm-up: step t (from 0) runs at lr * (T - t) / T
     assert used == pytest.approx([1e-3 * (6 - t) / 6 for t in range(6)])
+
+
+def test_zo_trainer_distributes_under_torch_distributed(tmp_path):
+    """zo_distribute=True (automatic when args.world_size > 1) puts the optimizer in data-parallel mode; a
+    one-process gloo group stands in for torchrun here."""
+    import torch.distributed as dist
+
+    from lmopt.zo.train import ZOTrainer
+
+    rows = [{"input_ids": b["input_ids"][i], "labels": b["labels"][i]} for b in batches(2) for i in range(4)]
+    args = transformers.TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=2,
+                                          report_to=[], save_strategy="no", use_cpu=True)
+    plain = ZOTrainer(model=tiny_llama(), args=args, train_dataset=rows)
+    plain.create_optimizer()
+    assert plain.zo_optimizer.estimator.reduce is None  # one process: nothing to reduce
+    with pytest.raises(RuntimeError, match="torch.distributed initialised"):
+        ZOTrainer(model=tiny_llama(), args=args, train_dataset=rows, zo_distribute=True).create_optimizer()
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        forced = ZOTrainer(model=tiny_llama(), args=args, train_dataset=rows, zo_distribute=True)
+        forced.create_optimizer()
+        assert forced.zo_optimizer.estimator.reduce is not None
+        forced.train()
+        assert forced.zo_optimizer.zo_step == 2
+    finally:
+        dist.destroy_process_group()

@@ -150,12 +150,18 @@ def _build_trainer_class() -> type:
         peft model perturbs only its adapters). ``learning_rate``, ``weight_decay``, ``seed``, the LR
         scheduler and ``gradient_accumulation_steps`` come from ``TrainingArguments``. Logs gain
         ``zo_projected_grad`` (mean over the step's directions), ``zo_queries`` (total so far).
+
+        Under ``torchrun`` (``args.world_size > 1``) the optimizer is put in data-parallel mode
+        (:meth:`lmopt.zo.ZOOptimizer.distribute`: every rank evaluates the same seeded perturbations on its own
+        shard and each query's loss is averaged over the ranks, one float per query); ``zo_distribute=False``
+        turns that off, ``True`` forces it (torch.distributed must be initialised).
         """
 
         def __init__(self, *args: Any, zo_optimizer: str | type[ZOOptimizer] = "zo-sgd",
                      zo_kwargs: dict[str, Any] | None = None,
                      zo_parameters: list[tuple[str, torch.nn.Parameter]] | None = None,
-                     zo_no_decay: tuple[str, ...] | None = None, **kwargs: Any) -> None:
+                     zo_no_decay: tuple[str, ...] | None = None, zo_distribute: bool | None = None,
+                     **kwargs: Any) -> None:
             if isinstance(zo_optimizer, str):
                 if zo_optimizer not in OPTIMIZERS:
                     raise ValueError(f"unknown zo_optimizer {zo_optimizer!r}; choose from {sorted(OPTIMIZERS)}")
@@ -168,6 +174,7 @@ def _build_trainer_class() -> type:
                                      "not zo_kwargs")
             self.zo_parameters = zo_parameters
             self.zo_no_decay = zo_no_decay
+            self.zo_distribute = zo_distribute
             self.zo_optimizer: ZOOptimizer | None = None
             self.zo_history: list[dict[str, Any]] = []
             self._zo_pending: list[Any] = []
@@ -182,6 +189,9 @@ def _build_trainer_class() -> type:
                                       no_decay=self.zo_no_decay or NO_DECAY_PATTERNS)
                 kwargs = {"seed": int(self.args.seed), **self.zo_kwargs}
                 self.zo_optimizer = self.zo_optimizer_cls(groups, lr=self.args.learning_rate, **kwargs)
+                distribute = self.args.world_size > 1 if self.zo_distribute is None else self.zo_distribute
+                if distribute:
+                    self.zo_optimizer.distribute()
                 self.optimizer = _LRCarrier(self.zo_optimizer)
             return self.optimizer
 
