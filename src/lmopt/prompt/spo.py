@@ -115,15 +115,14 @@ class SPO(Optimizer):
                    "Reply with <choose>A</choose> or <choose>B</choose>.")
             conv = [{"role": "user", "content": msg}]
             if self._scores_judgements(ctx):
-                choice = "AB"[ctx.choose(conv, ["A", "B"], prefix="<choose>", role="judge")]
-                wins += int((choice == "A") == new_is_a)
-                continue
-            texts = ctx.complete([conv], _judge_cfg(r * 10 + j), role="judge")[0]
-            choice = _parse_choice(texts[0])
-            if choice is None:
-                ctx.parse_failures += 1
-                ctx.log("parse_failure", what="judgement", raw=texts[0][:300], score=0.0)
-                continue
+                choice: str | None = "AB"[ctx.choose(conv, ["A", "B"], prefix="<choose>", role="judge")]
+            else:
+                text = ctx.complete([conv], _judge_cfg(r * 10 + j), role="judge")[0][0]
+                choice = _parse_choice(text)
+                if choice is None:
+                    ctx.parse_failures += 1
+                    ctx.log("parse_failure", what="judgement", raw=text[:300], score=0.0)
+                    continue
             wins += int((choice == "A") == new_is_a)
         return wins
 
