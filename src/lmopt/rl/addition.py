@@ -212,11 +212,12 @@ class AdditionConfig:
     seed: int = 0
 
 
-_WARM_CACHE: dict[tuple, dict[str, torch.Tensor]] = {}
+_WARM_CACHE: dict[tuple, dict[str, Any]] = {}
 
 
-def warm_policy(cfg: AdditionConfig, task: AdditionTask) -> GPT:
-    """The warmed-up policy of ``cfg.seed`` (computed once per process and setting, then copied)."""
+def warm_policy(cfg: AdditionConfig, task: AdditionTask) -> tuple[GPT, int]:
+    """The warmed-up policy of ``cfg.seed`` and its warm-up steps (computed once per process and setting,
+    then copied)."""
     key = (cfg.seed, cfg.warmup_target, cfg.warmup_max_steps, cfg.warmup_lr, cfg.n_layer, cfg.n_embd,
            cfg.n_train, cfg.n_test)
     model = make_policy(cfg.seed, cfg.n_layer, cfg.n_embd)
@@ -224,8 +225,7 @@ def warm_policy(cfg: AdditionConfig, task: AdditionTask) -> GPT:
         steps = warm_up(model, task, cfg.warmup_max_steps, cfg.warmup_lr, seed=cfg.seed, target=cfg.warmup_target)
         _WARM_CACHE[key] = {"state": copy.deepcopy(model.state_dict()), "steps": steps}
     model.load_state_dict(_WARM_CACHE[key]["state"])
-    model.warmup_steps = _WARM_CACHE[key]["steps"]
-    return model
+    return model, _WARM_CACHE[key]["steps"]
 
 
 def run_addition(cfg: AdditionConfig) -> dict[str, Any]:
@@ -240,7 +240,7 @@ def run_addition(cfg: AdditionConfig) -> dict[str, Any]:
     task = AdditionTask(cfg.n_train, cfg.n_test, seed=cfg.seed)
     if cfg.batch_prompts > len(task.train):
         raise ValueError(f"batch_prompts ({cfg.batch_prompts}) exceeds the RL pool ({len(task.train)})")
-    policy = warm_policy(cfg, task)
+    policy, warmup_steps = warm_policy(cfg, task)
     copo = copo_settings(cfg.copo_preset) if cfg.method == "copo" else None
     opt = torch.optim.Adam(policy.parameters(), lr=cfg.lr)
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + 1)
@@ -288,7 +288,7 @@ def run_addition(cfg: AdditionConfig) -> dict[str, Any]:
             curves["step"].append(step + 1)
             curves["test_accuracy"].append(greedy_accuracy(policy, task.test))
     seconds = time.perf_counter() - t0
-    summary = {"warmup_steps": policy.warmup_steps, "initial_test_accuracy": curves["test_accuracy"][0],
+    summary = {"warmup_steps": warmup_steps, "initial_test_accuracy": curves["test_accuracy"][0],
                "final_test_accuracy": curves["test_accuracy"][-1],
                "best_test_accuracy": max(curves["test_accuracy"]),
                "zero_var_group_frac": sum(curves["zero_var_frac"]) / len(curves["zero_var_frac"]),
