@@ -1,6 +1,8 @@
 """SPO's judging: the A/B side of the new answers is random per judgement, and the rewriter and the judge see
 the requirement and the reference answers (as in the authors' code)."""
 
+import pytest
+
 from lmopt.lm import LM, ScriptedBackend
 from lmopt.prompt import SPO
 
@@ -80,9 +82,5 @@ def test_judge_by_scoring_the_closed_answers():
     rounds = [h for h in res.history if h["kind"] == "spo_round" and "new_wins" in h]
     assert rounds and sum(h["new_wins"] for h in rounds) > 0  # the new answers won whenever they were set B
     assert any(c == "A" for _, c in scored) and res.parse_failures == 0
-    try:
+    with pytest.raises(ValueError, match="judge_mode='score'"):
         SPO(rounds=1, judge_mode="score").run(task, LM(ScriptedBackend(respond)), budget=5, split=SPLIT, seed=0)
-    except ValueError as exc:
-        assert "judge_mode='score'" in str(exc)
-    else:
-        raise AssertionError("judge_mode='score' without a scoring judge must raise")

@@ -280,9 +280,8 @@ class RunContext:
         :meth:`lmopt.lm.LM.choose`), journaled for resume."""
         lm = self._lm_for(role)
         calls = self.journal.setdefault("choices", {})
-        blob = json.dumps({"role": role, "model": lm.name, "messages": [dict(m) for m in conversation],
-                           "options": list(options), "prefix": prefix}, sort_keys=True)
-        key = hashlib.sha256(blob.encode()).hexdigest()[:32]
+        key = _fingerprint({"role": role, "model": lm.name, "messages": [dict(m) for m in conversation],
+                            "options": list(options), "prefix": prefix})
         if key not in calls:
             try:
                 idx, _ = lm.choose(list(conversation), list(options), prefix=prefix, role=role)
