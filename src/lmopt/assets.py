@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ._deps import require
+from ._hub import quiet_loading
 
 
 class AssetMissingError(FileNotFoundError):
@@ -112,9 +113,10 @@ def smollm2_dir() -> Path:
     transformers = require("transformers", "hf")
     require("gguf", "hf")
     import torch
-    model = transformers.AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
-                                                              dtype=torch.float32)
-    tok = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    with quiet_loading():
+        model = transformers.AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
+                                                                  dtype=torch.float32)
+        tok = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     # save_pretrained refuses a GGUF-loaded model; rebuild a plain one with the same weights.
     config = model.config
     # The weights are dequantised fp32 now: a leftover GGUF quantization_config would make Trainer/TRL
@@ -147,8 +149,9 @@ def load_causal_lm(dtype: Any = None) -> tuple[Any, Any]:
     transformers = require("transformers", "hf")
     import torch
     path = smollm2_dir()
-    model = transformers.AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype or torch.float32)
-    tok = transformers.AutoTokenizer.from_pretrained(str(path))
+    with quiet_loading():
+        model = transformers.AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype or torch.float32)
+        tok = transformers.AutoTokenizer.from_pretrained(str(path))
     model.eval()
     return model, tok
 

@@ -303,3 +303,19 @@ def test_record_from_server_then_replay_offline(fake_server, tmp_path):
     replay = LM(ReplayBackend(rec, name=backend.name))
     assert replay.generate(["one", "two"], cfg) == a and replay.score("q", [" r s"]) == b
     assert len(fake_server.requests) == n_requests
+
+
+def test_base_url_without_v1_gets_a_hint(fake_server):
+    root = fake_server.url.removesuffix("/v1")
+    lm = OpenAICompatibleLM("tiny-model", root, api_key_env="LMOPT_TEST_KEY", backoff=FAST, timeout=5.0)
+    # llama-server answers its own native API at /completions: a JSON object without 'choices'
+    fake_server.push(200, {"content": "Paris", "stop": True})
+    with pytest.raises(LMResponseError, match=r"no 'choices' list; base_url .* has no /v1.*base_url='http.*/v1'"):
+        lm.generate(["x"], GenerationConfig())
+    fake_server.push(404, {"error": "not found"})
+    with pytest.raises(LMRequestError, match="has no /v1"):
+        lm.generate(["x"], GenerationConfig())
+    fake_server.push(404, {"error": "not found"})  # with /v1 the 404 is about something else: no hint
+    with pytest.raises(LMRequestError) as ei:
+        make(fake_server).generate(["x"], GenerationConfig())
+    assert "has no /v1" not in str(ei.value)

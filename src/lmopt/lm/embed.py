@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from .._deps import require
+from .._hub import hub_access, quiet_loading
 
 
 class Embedder:
@@ -26,20 +26,13 @@ class Embedder:
             path, self.name = str(minilm_dir()), "embedded:all-MiniLM-L6-v2"
         else:
             path = self.name = str(model)
-        # A local folder must never reach for the hub; the variable is restored after loading.
-        old = os.environ.get("HF_HUB_OFFLINE")
-        if Path(path).is_dir():
-            os.environ["HF_HUB_OFFLINE"] = "1"
-        try:
-            self.model = st.SentenceTransformer(path, device=device)
-        except (OSError, ValueError) as exc:
-            raise OSError(f"could not load embedder {self.name!r} (not a local folder and the hub is not "
-                          f"reachable?); use Embedder() for the embedded MiniLM. Cause: {exc}") from exc
-        finally:
-            if old is None:
-                os.environ.pop("HF_HUB_OFFLINE", None)
-            else:
-                os.environ["HF_HUB_OFFLINE"] = old
+        with hub_access(path) as offline, quiet_loading():
+            try:
+                self.model = st.SentenceTransformer(path, device=device)
+            except (OSError, ValueError) as exc:
+                where = f"the hub was not tried ({offline})" if offline else "not a local folder nor on the hub"
+                raise OSError(f"could not load embedder {self.name!r} ({where}); use Embedder() for the "
+                              f"embedded MiniLM. Cause: {str(exc).splitlines()[0][:200]}") from exc
         self.batch_size = batch_size
         getdim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
         self.dim = int(getdim())

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .._deps import require
+from .._hub import hub_access, quiet_loading
 from .backend import Backend
 from .types import Completion, GenerationConfig, Score
 
@@ -88,17 +89,19 @@ class LocalLM(Backend):
                 path, ident = str(smollm2_dir()), EMBEDDED
             else:
                 path = ident = str(model)
-            try:
-                self.tokenizer = tokenizer or transformers.AutoTokenizer.from_pretrained(
-                    path, trust_remote_code=trust_remote_code)
-                self.model = transformers.AutoModelForCausalLM.from_pretrained(
-                    path, dtype=self.dtype, trust_remote_code=trust_remote_code)
-            except (OSError, ValueError) as exc:
-                raise OSError(
-                    f"could not load model {ident!r}: it is neither a local model folder nor reachable on the "
-                    "Hugging Face hub (offline?). Pass an existing folder, download the model first, or use "
-                    f"LocalLM() for the embedded SmolLM2. Cause: {str(exc).splitlines()[0][:200]}"
-                ) from exc
+            with hub_access(path) as offline, quiet_loading():
+                try:
+                    self.tokenizer = tokenizer or transformers.AutoTokenizer.from_pretrained(
+                        path, trust_remote_code=trust_remote_code)
+                    self.model = transformers.AutoModelForCausalLM.from_pretrained(
+                        path, dtype=self.dtype, trust_remote_code=trust_remote_code)
+                except (OSError, ValueError) as exc:
+                    where = (f"the hub was not tried ({offline}) and it is not in the local Hugging Face cache"
+                             if offline else "it is neither a local model folder nor a model on the hub")
+                    raise OSError(
+                        f"could not load model {ident!r}: {where}. Pass an existing folder, download the model "
+                        f"first, or use LocalLM() for the embedded SmolLM2. Cause: {str(exc).splitlines()[0][:200]}"
+                    ) from exc
             self.model.to(self.device)
         self.model.eval()
         self.name = f"local:{ident}:{str(self.dtype).replace('torch.', '')}"

@@ -305,8 +305,16 @@ class OpenAICompatibleLM(Backend):
         if status >= 500:
             return LMServerError(f"server error (HTTP {status}) from {where}: {snip}", status=status)
         return LMRequestError(f"the server rejected the request (HTTP {status}) at {where}: {snip}; check "
-                              f"the model name {self.model!r}, base_url and the generation settings",
-                              status=status)
+                              f"the model name {self.model!r}, base_url and the generation settings"
+                              f"{self._v1_hint() if status in (404, 405) else ''}", status=status)
+
+    def _v1_hint(self) -> str:
+        """A hint when ``base_url`` lacks the ``/v1`` API root that OpenAI-compatible servers use."""
+        path = urlsplit(self.base_url).path.rstrip("/")
+        if path.endswith("/v1") or "/v1/" in path + "/":
+            return ""
+        return (f"; base_url {self.base_url!r} has no /v1: OpenAI-compatible servers (OpenAI, vLLM, llama.cpp's "
+                f"llama-server, Ollama) serve the API under it, e.g. base_url={self.base_url + '/v1'!r}")
 
     def _retry_delay(self, retry: int, headers: dict[str, str] | None) -> float:
         initial, factor, maximum = self.backoff
@@ -374,7 +382,7 @@ class OpenAICompatibleLM(Backend):
     def _choices(self, path: str, doc: dict[str, Any], n: int, chat: bool) -> list[tuple[str, str]]:
         choices = doc.get("choices")
         if not isinstance(choices, list) or not choices or not all(isinstance(c, dict) for c in choices):
-            raise self._bad(path, "no 'choices' list", doc)
+            raise self._bad(path, "no 'choices' list" + self._v1_hint(), doc)
         if all(isinstance(c.get("index"), int) for c in choices):
             choices = sorted(choices, key=lambda c: c["index"])
         if len(choices) != n:
