@@ -16,6 +16,7 @@ def require(module: str, extra: str) -> ModuleType:
         return importlib.import_module(module)
     except ImportError as exc:  # re-raised with the fix in the message
         raise ImportError(
-            f"{module!r} is needed for this feature but is not installed; "
-            f"install it with: pip install 'lmopt[{extra}]'"
+            f"{module!r} is needed for this feature but is not installed; install lmopt's {extra!r} extra: "
+            f"from a clone of lmopt, pip install -e '.[{extra}]'; from a built wheel, "
+            f"pip install 'dist/lmopt-<version>-py3-none-any.whl[{extra}]'"
         ) from exc

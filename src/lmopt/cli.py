@@ -11,7 +11,6 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
 from . import __version__
 
@@ -33,21 +32,24 @@ def info() -> None:
     """Versions, embedded assets found, and the compute device."""
     from . import assets
 
-    t = Table(title=f"lmopt {__version__}", show_header=False)
-    t.add_row("python", platform.python_version())
+    rows = [("python", platform.python_version())]
     for pkg in _PACKAGES:
         try:
-            t.add_row(pkg, metadata.version(pkg))
+            rows.append((pkg, metadata.version(pkg)))
         except metadata.PackageNotFoundError:
-            t.add_row(pkg, "[yellow]not installed[/]")
+            rows.append((pkg, "not installed"))
     import torch
 
     dev = f"cuda ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else "cpu"
-    t.add_row("device", f"{dev}, {torch.get_num_threads()} threads")
+    rows.append(("device", f"{dev}, {torch.get_num_threads()} threads"))
     for name, path in assets.available().items():
-        t.add_row(f"asset {name}", path or "[red]missing[/] (run `make setup`)")
-    t.add_row("cache dir", str(assets.cache_dir()))
-    Console().print(t)
+        rows.append((f"asset {name}", path or "missing (run `make setup`)"))
+    rows.append(("cache dir", str(assets.cache_dir())))
+    # plain lines, never wrapped or cut at the terminal width: paths are meant to be copied
+    width = max(len(k) for k, _ in rows)
+    typer.echo(f"lmopt {__version__}")
+    for key, value in rows:
+        typer.echo(f"  {key:<{width}}  {value}")
 
 
 def _run(paths: list[Path], out: Path, run_id: str | None) -> None:

@@ -129,3 +129,30 @@ def test_resumed_evaluate_run_is_held_to_the_budget_already_spent(tmp_path, scri
     assert list(json.loads((run_dir / "checkpoint.json").read_text())["prompts"]) == ["zero"]
     with pytest.raises(Exception, match="budget"):  # a fresh process must not get a fresh budget
         runner.run_recipe(cfg, tmp_path)
+
+
+def test_info_prints_whole_asset_paths_on_a_narrow_terminal(monkeypatch, tmp_path):
+    from lmopt import assets
+
+    long_path = str(tmp_path / ("very-long-folder-name-" * 6) / "model.gguf")
+    monkeypatch.setattr(assets, "available", lambda: {"smollm2": long_path, "minilm": None})
+    monkeypatch.setenv("COLUMNS", "40")
+    out = CliRunner().invoke(app, ["info"])
+    assert out.exit_code == 0, out.output
+    assert long_path in out.output  # one piece, neither cut nor wrapped
+    assert "asset minilm" in out.output and "missing (run `make setup`)" in out.output
+
+
+def test_written_files_follow_the_umask(tmp_path):
+    import os
+
+    from lmopt._io import write_json_atomic
+
+    old = os.umask(0o022)
+    try:
+        mode = write_json_atomic(tmp_path / "a.json", {"x": 1}).stat().st_mode & 0o777
+        os.umask(0o077)
+        private = write_json_atomic(tmp_path / "b.json", {"x": 1}).stat().st_mode & 0o777
+    finally:
+        os.umask(old)
+    assert (mode, private) == (0o644, 0o600)
