@@ -104,6 +104,7 @@ def run_evaluate(cfg: dict[str, Any], run_dir: Path, progress: Progress) -> dict
         row = {
             "name": ps.name, "prompt": prompt.to_dict(), "accuracy": res.score, "n": res.n, "mode": res.mode,
             "details": {k: v for k, v in res.details.items() if k != "raw"},
+            "samples": _samples(splits.test, res),
             "calls": after["calls"] - before["calls"], "cached_calls": after["cached_calls"] - before["cached_calls"],
             "tokens": after["total_tokens"] - before["total_tokens"], "seconds": round(time.perf_counter() - t0, 2),
         }
@@ -112,7 +113,34 @@ def run_evaluate(cfg: dict[str, Any], run_dir: Path, progress: Progress) -> dict
         write_json_atomic(ckpt_path, {"prompts": done, "usage": lm.meter.state_dict()})
         progress.advance(bar)
     return {"kind": "evaluate", "name": r.name, "model": lm.name, "task": task.name, "n_test": len(splits.test),
-            "prompts": rows, "usage": lm.usage()}
+            "chance": chance_level(task, splits.test), "prompts": rows, "usage": lm.usage()}
+
+
+N_SAMPLES = 5
+
+
+def _samples(examples: Any, res: Any) -> list[dict[str, Any]]:
+    """The first few examples with the model's raw output (generate mode), the parsed prediction and the
+    score, so that a low score can be diagnosed from results.json alone."""
+    raw = res.details.get("raw") or [None] * res.n
+    return [{"input": e.input[:300], "target": e.target, "output": None if o is None else o[:300],
+             "prediction": p, "score": sc}
+            for e, o, p, sc in list(zip(examples, raw, res.predictions, res.per_example))[:N_SAMPLES]]
+
+
+def chance_level(task: Any, examples: Any) -> float | None:
+    """Accuracy of always answering the most common label of ``examples`` (None for open-ended tasks)."""
+    if not task.is_classification or not examples:
+        return None
+    targets = [e.target for e in examples]
+    return max(targets.count(t) for t in set(targets)) / len(targets)
+
+
+def noise_level(p: float, n: int) -> float:
+    """One binomial standard error of an accuracy ``p`` measured on ``n`` examples (``p`` kept within
+    [1/n, 1 - 1/n], so that a score of 0 or 1 does not claim a zero error)."""
+    q = min(max(p, 1.0 / n), 1.0 - 1.0 / n)
+    return (q * (1.0 - q) / n) ** 0.5
 
 
 def plot_evaluate(results: dict[str, Any], run_dir: Path) -> list[Path]:
@@ -126,6 +154,9 @@ def plot_evaluate(results: dict[str, Any], run_dir: Path) -> list[Path]:
     names = [r["name"] for r in rows]
     ax1.bar(names, [r["accuracy"] for r in rows], color="#4472c4")
     ax1.set_ylim(0, 1)
+    if results.get("chance") is not None:
+        ax1.axhline(results["chance"], color="k", ls="--", lw=1, label="chance (most common label)")
+        ax1.legend(fontsize=7)
     ax1.set_ylabel(f"test accuracy (n={results['n_test']})")
     ax1.set_title(f"{results['task']} — {results['model']}", fontsize=9)
     ax2.bar(names, [r["tokens"] for r in rows], color="#ed7d31")
@@ -148,10 +179,20 @@ def _report(cfg: dict[str, Any], results: dict[str, Any], plots: list[str]) -> s
             lines.append(f"| {r['name']} | {r['accuracy']:.3f} | {r['mode']} | {r['calls']} | {r['cached_calls']} "
                          f"| {r['tokens']} | {r['seconds']} |")
         lines.append("")
+        n, accs = results["n_test"], [r["accuracy"] for r in results["prompts"]]
+        if results.get("chance") is not None:
+            lines.append(f"Chance level (always the most common test label): {results['chance']:.3f}.  ")
+        se = max(noise_level(a, n) for a in accs)
+        lines += [f"Noise: one binomial standard error at n={n} is up to ±{se:.3f}; differences between prompts "
+                  f"smaller than about {2 * se:.3f} are within it.", ""]
         for r in results["prompts"]:
             counts = r["details"].get("prediction_counts")
             if counts:
                 lines.append(f"- {r['name']}: predictions {counts}")
+        for r in results["prompts"]:
+            if r.get("samples") and r["mode"] == "generate":
+                lines += ["", f"Samples of `{r['name']}` (target → parsed prediction ← raw output):", ""]
+                lines += [f"- {s['target']!r} → {s['prediction']!r} ← {s['output']!r}" for s in r["samples"]]
     usage = results.get("usage", {})
     if usage:
         lines += ["", "## Usage per role", "", "| role | calls | cached | prompt tokens | completion tokens |",

@@ -156,3 +156,25 @@ def test_written_files_follow_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert (mode, private) == (0o644, 0o600)
+
+
+def test_generate_results_keep_samples_and_the_report_states_chance_and_noise(tmp_path, monkeypatch):
+    backend = ScriptedBackend(lambda p, c, j: " positive, I think")
+    monkeypatch.setattr("lmopt.lm.factory.make_lm", lambda spec, cache=True, budget=None, meter=None: LM(backend))
+    recipe = {**RECIPE, "prompts": [{"name": "gen", "instruction": "Classify.", "mode": "generate"}]}
+    run_dir = runner.run_recipe(recipe, tmp_path)
+    res = json.loads((run_dir / "results.json").read_text())
+    assert res["chance"] == pytest.approx(4 / 12)  # stratified: each label is a third of the test split
+    samples = res["prompts"][0]["samples"]
+    assert len(samples) == runner.N_SAMPLES
+    assert all(s["output"] == " positive, I think" and s["input"] for s in samples)
+    assert [s["score"] for s in samples] == [float(s["target"] == s["prediction"]) for s in samples]
+    report = (run_dir / "report.md").read_text()
+    assert "Chance level (always the most common test label): 0.333" in report
+    assert "one binomial standard error at n=12 is up to ±0.136" in report  # sqrt(1/3 * 2/3 / 12)
+    assert "' positive, I think'" in report
+
+
+def test_noise_level_is_the_binomial_standard_error():
+    assert runner.noise_level(0.5, 100) == pytest.approx(0.05)
+    assert runner.noise_level(0.0, 25) == pytest.approx((1 / 25 * 24 / 25 / 25) ** 0.5)  # never a zero error bar
