@@ -11,8 +11,12 @@ from typing import Any
 
 def _file_mode() -> int:
     """The mode ``open()`` would give a new file under the user's umask (mkstemp's own is 0600)."""
-    mask = os.umask(0)
-    os.umask(mask)
+    try:  # Linux: read it without changing it (os.umask's set-and-restore races with other threads)
+        with open("/proc/self/status", encoding="ascii") as fh:
+            mask = next(int(line.split()[1], 8) for line in fh if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        mask = os.umask(0)
+        os.umask(mask)
     return 0o666 & ~mask
 
 
