@@ -305,8 +305,8 @@ def main(argv: list[str] | None = None) -> None:
     n_tune = sum(len(g) for g in grids.values())
     with Progress() as progress:
         bar = progress.add_task("tuning + fine-tuning", total=n_tune + seeds * (len(ZO_METHODS) + 1))
-        # learning rates: lowest validation loss after tune_steps on the tuning seed (AdamW: tune_steps // 5
-        # steps, a little more than the wall time it is later given at this budget)
+        # learning rates: lowest validation loss after tune_steps on the tuning seed; AdamW is tuned on
+        # tune_steps // 5 steps, far fewer than it fits into ZO-SGD's wall time later (stated in the doc)
         lrs = {}
         for method, grid in grids.items():
             scores = {}

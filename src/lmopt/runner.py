@@ -183,8 +183,10 @@ def _report(cfg: dict[str, Any], results: dict[str, Any], plots: list[str]) -> s
         if results.get("chance") is not None:
             lines.append(f"Chance level (always the most common test label): {results['chance']:.3f}.  ")
         se = max(noise_level(a, n) for a in accs)
+        # two accuracies on the same n examples: the SE of their difference is up to sqrt(2) times larger
         lines += [f"Noise: one binomial standard error at n={n} is up to ±{se:.3f}; differences between prompts "
-                  f"smaller than about {2 * se:.3f} are within it.", ""]
+                  f"smaller than about {2 * 2**0.5 * se:.3f} (two standard errors of a difference) are within it.",
+                  ""]
         for r in results["prompts"]:
             counts = r["details"].get("prediction_counts")
             if counts:

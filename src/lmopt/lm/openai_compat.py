@@ -310,8 +310,7 @@ class OpenAICompatibleLM(Backend):
 
     def _v1_hint(self) -> str:
         """A hint when ``base_url`` lacks the ``/v1`` API root that OpenAI-compatible servers use."""
-        path = urlsplit(self.base_url).path.rstrip("/")
-        if path.endswith("/v1") or "/v1/" in path + "/":
+        if "/v1/" in urlsplit(self.base_url).path + "/":
             return ""
         return (f"; base_url {self.base_url!r} has no /v1: OpenAI-compatible servers (OpenAI, vLLM, llama.cpp's "
                 f"llama-server, Ollama) serve the API under it, e.g. base_url={self.base_url + '/v1'!r}")
