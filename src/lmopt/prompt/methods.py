@@ -302,6 +302,7 @@ class EASE(Optimizer):
             texts = [prompt_text(ctx.task, c) for c in cands]
         else:  # the released code embeds the exemplars only
             texts = [ctx.task.format_exemplars(c.exemplars).strip() for c in cands]
+        ctx.tick(f"ease: embedding {len(cands)} candidate exemplar sets")
         feats = as_matrix(embed(texts), len(cands))
         bandit = NeuralUCB(feats.shape[1], hidden=h["hidden"], hidden_layers=h["hidden_layers"], lam=h["lam"],
                            nu=h["nu"], train_steps=h["train_steps"], lr=h["lr"], seed=ctx.seed)
