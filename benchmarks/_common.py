@@ -130,11 +130,7 @@ def write_result(args: argparse.Namespace, results: dict[str, Any], summary: dic
 
 
 def save_plot(fig: Any, out: str | Path, filename: str) -> Path:
-    """Save a matplotlib figure as PNG under ``out`` and close it."""
-    path = Path(out) / filename
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    import matplotlib.pyplot as plt
+    """Save a matplotlib figure as PNG under ``out`` (its data beside it as ``.plot.json``) and close it."""
+    from lmopt._report import save_figure
 
-    plt.close(fig)
-    return path
+    return save_figure(fig, Path(out) / filename)

@@ -153,6 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     seeds = args.seeds or cfg["seeds"]
     if args.combine:
         return _combine(args, args.combine)
+    from lmopt._report import chance_level
     from lmopt.lm import LM, CallCache, LocalLM
 
     t_all = time.perf_counter()
@@ -166,6 +167,7 @@ def main(argv: list[str] | None = None) -> None:
         splits = task.split(0, n_train=n_train, n_val=n_val, n_test=n_test)
         chat = not task.is_classification
         meta = {"n": [len(splits.train), len(splits.validation), len(splits.test)],
+                "chance": chance_level(task, splits.test),
                 "mode": "score" if task.is_classification else "generate (chat)", "evals": cfg["evals"]}
         rows: dict[str, Any] = {}
         for m in cfg["methods"]:
@@ -337,6 +339,11 @@ def _task_plot(results: dict[str, Any], out: str, tasks: list[str], methods: lis
     seed_med = [np.median([r["seed_test"] for r in next(iter(results["tasks"][t]["methods"].values()))["runs"]])
                 for t in tasks]
     ax.bar(x, seed_med, w, color="#a5a5a5", label="seed prompt")
+    for i, t in enumerate(tasks):  # chance (most common test label) across the task's group of bars
+        chance = results["tasks"][t].get("chance")
+        if chance is not None:
+            ax.hlines(chance, x[i] - w / 2, x[i] + w * (len(methods) + 0.5), color="k", ls=":", lw=1,
+                      label="chance" if i == 0 else None)
     nan = {"median": float("nan"), "min": float("nan"), "max": float("nan")}
     for j, m in enumerate(methods):  # a method missing on a task (interrupted run) is left blank
         d = [results["tasks"][t]["methods"].get(m, {}).get("test", nan) for t in tasks]

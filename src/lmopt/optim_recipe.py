@@ -24,6 +24,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, field_validator
 
 from ._io import read_json, write_json_atomic, write_text_atomic
+from ._report import save_figure
 from .recipe import RecipeError, _pretty, _Strict, unique
 
 
@@ -162,10 +163,7 @@ def plot_optim_results(results: dict[str, Any], run_dir: Path) -> list[Path]:
     ax.set_title(f"tiny GPT ({results['model']['params'] / 1e3:.0f}k params) on Shakespeare; "
                  f"median and range over {len(results['seeds'])} seeds", fontsize=9)
     ax.legend(fontsize=8)
-    path = Path(run_dir) / "loss_curves.png"
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return [path]
+    return [save_figure(fig, Path(run_dir) / "loss_curves.png")]
 
 
 def write_optim_report(cfg: dict[str, Any], results: dict[str, Any], run_dir: Path) -> None:

@@ -1,8 +1,9 @@
 """``lmopt run``: execute a recipe into ``runs/<id>/`` with progress, checkpoints and a report.
 
 Every run directory holds ``recipe.yaml`` (what was run), ``checkpoint.json`` (progress, for resuming),
-``results.json``, ``report.md`` and PNG plots. Running the same recipe again resumes an interrupted run
-(finished steps are not redone; with the call cache, repeated LM calls are free).
+``results.json``, ``report.md`` and PNG plots, each with its data as ``NAME.plot.json`` (axes, lines, bars).
+Running the same recipe again resumes an interrupted run (finished steps are not redone; with the call
+cache, repeated LM calls are free).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ._io import read_json, write_json_atomic, write_text_atomic
+from ._report import chance_level, label_bars, noise_level, save_figure
 from .recipe import RecipeError, load_recipe, recipe_id, validate_evaluate
 
 # kind -> (module, run function, plot function); runners take (cfg, run_dir, progress) -> results dict.
@@ -128,22 +130,8 @@ def _samples(examples: Any, res: Any) -> list[dict[str, Any]]:
             for e, o, p, sc in list(zip(examples, raw, res.predictions, res.per_example))[:N_SAMPLES]]
 
 
-def chance_level(task: Any, examples: Any) -> float | None:
-    """Accuracy of always answering the most common label of ``examples`` (None for open-ended tasks)."""
-    if not task.is_classification or not examples:
-        return None
-    targets = [e.target for e in examples]
-    return max(targets.count(t) for t in set(targets)) / len(targets)
-
-
-def noise_level(p: float, n: int) -> float:
-    """One binomial standard error of an accuracy ``p`` measured on ``n`` examples (``p`` kept within
-    [1/n, 1 - 1/n], so that a score of 0 or 1 does not claim a zero error)."""
-    q = min(max(p, 1.0 / n), 1.0 - 1.0 / n)
-    return (q * (1.0 - q) / n) ** 0.5
-
-
 def plot_evaluate(results: dict[str, Any], run_dir: Path) -> list[Path]:
+    """``accuracy.png``: test accuracy per prompt on a 0–1 axis with its value written, chance drawn; and cost."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -152,8 +140,10 @@ def plot_evaluate(results: dict[str, Any], run_dir: Path) -> list[Path]:
     rows = results["prompts"]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
     names = [r["name"] for r in rows]
-    ax1.bar(names, [r["accuracy"] for r in rows], color="#4472c4")
+    accs = [r["accuracy"] for r in rows]
+    ax1.bar(names, accs, color="#4472c4")
     ax1.set_ylim(0, 1)
+    label_bars(ax1, range(len(rows)), accs, "{:.3f}")
     if results.get("chance") is not None:
         ax1.axhline(results["chance"], color="k", ls="--", lw=1, label="chance (most common label)")
         ax1.legend(fontsize=7)
@@ -164,10 +154,7 @@ def plot_evaluate(results: dict[str, Any], run_dir: Path) -> list[Path]:
     ax2.set_title("cost", fontsize=9)
     for ax in (ax1, ax2):
         ax.tick_params(axis="x", rotation=20)
-    path = run_dir / "accuracy.png"
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return [path]
+    return [save_figure(fig, run_dir / "accuracy.png")]
 
 
 def _report(cfg: dict[str, Any], results: dict[str, Any], plots: list[str]) -> str:

@@ -38,6 +38,11 @@ def test_evaluate_recipe_writes_results_report_plot_and_resumes(tmp_path, script
     assert res["prompts"][0]["details"]["prediction_counts"]["positive"] == 12
     assert len(res["prompts"][1]["prompt"]["exemplars"]) == 2
     assert (run_dir / "accuracy.png").stat().st_size > 1000
+    (acc, cost), = [json.loads((run_dir / "accuracy.plot.json").read_text())["panels"]]
+    assert acc["ylim"] == [0, 1] and [b["height"] for b in acc["bars"]] == pytest.approx([4 / 12, 4 / 12])
+    (chance,) = [ln for ln in acc["lines"] if ln["label"].startswith("chance")]
+    assert chance["y"] == pytest.approx(res["chance"])
+    assert acc["texts"] == ["0.333", "0.333"] and "n=12" in acc["ylabel"]
     assert "| zero | 0.333 |" in (run_dir / "report.md").read_text()
     calls = scripted.calls
     assert calls == 2 * 12 * 3
@@ -173,6 +178,32 @@ def test_generate_results_keep_samples_and_the_report_states_chance_and_noise(tm
     assert "Chance level (always the most common test label): 0.333" in report
     assert "one binomial standard error at n=12 is up to ±0.136" in report  # sqrt(1/3 * 2/3 / 12)
     assert "' positive, I think'" in report
+
+
+def test_an_all_zero_accuracy_chart_shows_its_zeros(tmp_path, monkeypatch):
+    backend = ScriptedBackend(lambda p, c, j: " no idea")
+    monkeypatch.setattr("lmopt.lm.factory.make_lm", lambda spec, cache=True, budget=None, meter=None: LM(backend))
+    recipe = {**RECIPE, "prompts": [{"name": "gen", "instruction": "Classify.", "mode": "generate"}]}
+    run_dir = runner.run_recipe(recipe, tmp_path)
+    acc = json.loads((run_dir / "accuracy.plot.json").read_text())["panels"][0]
+    assert [b["height"] for b in acc["bars"]] == [0.0] and acc["texts"] == ["0.000"] and acc["ylim"] == [0, 1]
+
+
+def test_score_axes_stay_0_to_1_and_other_metrics_include_zero():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lmopt._report import score_ylim
+
+    fig, (a, b) = plt.subplots(1, 2)
+    a.plot([0, 1], [0.0, 0.0016])
+    score_ylim(a, [0.0, 0.0016])  # noise on a tiny scale must not look like a jump
+    b.plot([0, 1], [-3.0, -2.0])
+    score_ylim(b, [-3.0, -2.0])
+    assert a.get_ylim() == (0, 1) and b.get_ylim()[0] <= -3.0 and b.get_ylim()[1] >= 0.0
+    plt.close(fig)
 
 
 def test_noise_level_is_the_binomial_standard_error():

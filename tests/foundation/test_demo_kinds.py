@@ -26,6 +26,11 @@ def test_optim_recipe_compares_against_the_first_optimizer_and_resumes(tmp_path,
     report = (run_dir / "report.md").read_text()
     assert "- Muon beats AdamW" in report and "| Muon | 0.05 |" in report
     assert (run_dir / "loss_curves.png").stat().st_size > 1000
+    (panel,) = json.loads((run_dir / "loss_curves.plot.json").read_text())["panels"]
+    assert [ln["label"] for ln in panel["lines"]] == ["AdamW (lr 1e-07)", "Muon (lr 0.05)"]
+    lo, hi = panel["bands"][1]["y_range"]  # Muon's band spans its seeds' curves
+    assert lo == pytest.approx(min(v for c in muon["curves"] for _, v in c))
+    assert hi == pytest.approx(max(v for c in muon["curves"] for _, v in c))
 
     def no_training(*a, **k):
         raise AssertionError("a finished run was trained again")
@@ -103,6 +108,13 @@ def test_prompt_compare_runs_each_method_and_seed_and_reports_against_the_seed_p
     assert row["wins_vs_seed_prompt"] == sum(x["test"] > 0.5 for x in row["runs"])
     assert "| random |" in (run_dir / "report.md").read_text()
     assert (run_dir / "prompt_compare.png").stat().st_size > 1000
+    (panel,) = json.loads((run_dir / "prompt_compare.plot.json").read_text())["panels"]
+    assert panel["ylim"] == [0, 1] and panel["xticklabels"] == ["random"]
+    (dots,) = panel["scatter"]  # the spread: one dot per seed
+    assert sorted(y for _, y in dots["points"]) == pytest.approx(sorted(x["test"] for x in row["runs"]))
+    lines = {ln["label"]: ln["y"] for ln in panel["lines"]}
+    assert lines["seed prompt"] == pytest.approx(1 / 3)
+    assert lines["chance (most common label)"] == pytest.approx(res["chance"]) and res["chance"] == pytest.approx(1 / 3)
     calls = positive_lover.calls
     runner.run_recipe(COMPARE, tmp_path)  # finished: answered from the checkpoints
     assert positive_lover.calls == calls

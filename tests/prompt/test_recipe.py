@@ -61,3 +61,11 @@ def test_run_prompt_recipe_resumes_and_plots(tmp_path, monkeypatch):
     assert toy.backend.calls == n and again["best_prompt"] == out["best_prompt"]
     paths = plot_prompt_results(out, tmp_path)
     assert paths and all(p.exists() and p.read_bytes()[:4] == b"\x89PNG" for p in paths)
+    val, test = json.loads((tmp_path / "prompt_progress.plot.json").read_text())["panels"]
+    assert val["ylim"] == [0, 1] and test["ylim"] == [0, 1]
+    lines = {ln["label"]: ln.get("y") for ln in val["lines"]}
+    assert lines["seed prompt"] == pytest.approx(out["seed_val_score"])
+    assert lines["chance (most common label)"] == pytest.approx(out["chance"]["validation"])
+    assert [y for _, y in val["scatter"][0]["points"]] == [h["val_score"] for h in out["history"] if h["kind"] == "eval"]
+    assert [b["height"] for b in test["bars"]] == pytest.approx([out["seed_test_score"], out["test_score"]])
+    assert "within the noise" in (tmp_path / "report.md").read_text()

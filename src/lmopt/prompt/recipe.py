@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
 
+from .._report import chance_level, label_bars, noise_level, save_figure, score_ylim
 from ..recipe import ModelSpec, RecipeError, TaskSpec, _pretty, _Strict, unique
 
 
@@ -112,9 +113,26 @@ def run_prompt_recipe(cfg: dict[str, Any], run_dir: Path, progress: Any = None) 
     out = res.to_dict()
     out.update({"kind": "prompt", "name": r.name, "model": lm.name, "seed_prompt_test_score": res.seed_test_score,
                 "seed_prompt_val_score": res.seed_val_score,
+                "chance": {"validation": chance_level(task, splits.validation),
+                           "test": chance_level(task, splits.test)},
                 "split": {"n_train": len(splits.train), "n_val": len(splits.validation), "n_test": len(splits.test)}})
     _write_report(r, out, run_dir)
     return out
+
+
+def _noise_lines(out: dict[str, Any]) -> list[str]:
+    """Chance level of each split and the binomial noise of a difference between two prompts on it."""
+    lines = []
+    for split, key, n_key in (("validation", "val_score", "n_val"), ("test", "test_score", "n_test")):
+        n, score = out["split"][n_key], out.get(key)
+        chance = (out.get("chance") or {}).get(split)
+        if not n or score is None:
+            continue
+        text = f"On {split} (n={n}): " + (f"chance (always the most common label) {chance:.3f}; " if chance is not None
+                                          else "")
+        lines.append(text + f"differences below {2 * 2**0.5 * noise_level(score, n):.3f} (two standard errors of a "
+                            "difference of accuracies) are within the noise.  ")
+    return lines
 
 
 def _write_report(r: PromptRecipe, out: dict[str, Any], run_dir: Path) -> None:
@@ -128,7 +146,8 @@ def _write_report(r: PromptRecipe, out: dict[str, Any], run_dir: Path) -> None:
              f"`{out['task']}` with model `{out['model']}`; {out['n_evaluations']} evaluations, stop: "
              f"{out['stop_reason']}.", "", "| prompt | validation | test |", "|---|---|---|",
              f"| seed | {f(out['seed_val_score'])} | {f(out['seed_test_score'])} |",
-             f"| best | {f(out['val_score'])} | {f(out['test_score'])} |", "", "## Best prompt", "",
+             f"| best | {f(out['val_score'])} | {f(out['test_score'])} |", "", *_noise_lines(out), "",
+             "## Best prompt", "",
              "```", bp["instruction"], *[f"[exemplar] {e['input']} -> {e['target']}" for e in bp["exemplars"]],
              "```", "", "## Usage per role", "", "| role | calls | cached | prompt tokens | completion tokens |",
              "|---|---|---|---|---|"]
@@ -140,7 +159,8 @@ def _write_report(r: PromptRecipe, out: dict[str, Any], run_dir: Path) -> None:
 
 
 def plot_prompt_results(results: dict[str, Any], run_dir: Path) -> list[Path]:
-    """``prompt_progress.png``: validation score per evaluation with the best so far, and seed vs best."""
+    """``prompt_progress.png``: validation score per evaluation with the best so far, the seed prompt's score
+    and chance drawn; test score of the seed and the best prompt."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -153,24 +173,28 @@ def plot_prompt_results(results: dict[str, Any], run_dir: Path) -> list[Path]:
     for y in ys:
         cur = max(cur, y)
         best.append(cur)
+    chance = results.get("chance") or {}
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6), gridspec_kw={"width_ratios": [2, 1]})
     ax1.scatter(xs, ys, s=14, color="#4472c4", label="evaluated prompt")
     ax1.step(xs, best, where="post", color="#c00000", label="best so far")
+    if results.get("seed_val_score") is not None:
+        ax1.axhline(results["seed_val_score"], color="#a5a5a5", ls="--", label="seed prompt")
+    if chance.get("validation") is not None:
+        ax1.axhline(chance["validation"], color="k", ls=":", lw=1, label="chance (most common label)")
+    score_ylim(ax1, ys)
     ax1.set_xlabel("evaluation")
-    ax1.set_ylabel("validation score")
+    ax1.set_ylabel(f"validation score (n={results.get('split', {}).get('n_val', '?')})")
     ax1.set_title(f"{results['method']} on {results['task']}", fontsize=9)
-    ax1.legend(fontsize=8)
-    labels = ["seed", "best"]
+    ax1.legend(fontsize=7)
     vals = [results.get("seed_test_score"), results.get("test_score")]
-    ax2.bar(labels, [v or 0.0 for v in vals], color=["#a5a5a5", "#4472c4"])
-    ax2.set_ylim(0, 1)
-    ax2.set_ylabel("test score")
-    for i, v in enumerate(vals):
-        ax2.text(i, (v or 0) + 0.02, "n/a" if v is None else f"{v:.2f}", ha="center", fontsize=8)
-    path = Path(run_dir) / "prompt_progress.png"
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return [path]
+    ax2.bar(["seed", "best"], [v or 0.0 for v in vals], color=["#a5a5a5", "#4472c4"])
+    score_ylim(ax2, vals)
+    if chance.get("test") is not None:
+        ax2.axhline(chance["test"], color="k", ls=":", lw=1, label="chance")
+        ax2.legend(fontsize=7)
+    label_bars(ax2, [0, 1], vals)
+    ax2.set_ylabel(f"test score (n={results.get('split', {}).get('n_test', '?')})")
+    return [save_figure(fig, Path(run_dir) / "prompt_progress.png")]
 
 
 # -- kind: prompt_compare ---------------------------------------------------------------------------------
@@ -268,7 +292,7 @@ def run_prompt_compare(cfg: dict[str, Any], run_dir: Path, progress: Any = None)
     results = {"kind": "prompt_compare", "name": r.name, "model": lm.name, "task": task.name, "seeds": r.seeds,
                "evaluations": evals, "seed_prompt": {"instruction": task.instruction, "test": seed_test},
                "split": {"n_train": len(splits.train), "n_val": len(splits.validation), "n_test": len(splits.test)},
-               "chance": 1 / len(task.labels) if task.labels else None, "rows": rows}
+               "chance": chance_level(task, splits.test), "rows": rows}
     _write_compare_report(results, run_dir)
     return results
 
@@ -288,7 +312,7 @@ def _write_compare_report(res: dict[str, Any], run_dir: Path) -> None:
         lines.append(f"| {row['method']} | {row['test_median']:.3f} ({row['test_min']:.3f}–{row['test_max']:.3f}) "
                      f"| {row['val_median']:.3f} | {row['wins_vs_seed_prompt']}/{len(row['runs'])} seeds |")
     if res.get("chance"):
-        lines += ["", f"Chance level: {res['chance']:.3f}."]
+        lines += ["", f"Chance level (always the most common test label): {res['chance']:.3f}."]
     lines += ["", "Beyond the noise: the method's worst seed leads the seed prompt by more than two binomial "
               "standard errors of the difference of two accuracies on this test set.", ""]
     for row in res["rows"]:
@@ -316,7 +340,8 @@ def _write_compare_report(res: dict[str, Any], run_dir: Path) -> None:
 
 
 def plot_prompt_compare(results: dict[str, Any], run_dir: Path) -> list[Path]:
-    """``prompt_compare.png``: test accuracy per seed and method, with the seed prompt and chance drawn."""
+    """``prompt_compare.png``: test accuracy per seed and method (median bar, one dot per seed), with the seed
+    prompt and chance drawn."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -326,17 +351,15 @@ def plot_prompt_compare(results: dict[str, Any], run_dir: Path) -> list[Path]:
     names = [row["method"] for row in results["rows"]]
     for i, row in enumerate(results["rows"]):
         tests = [x["test"] for x in row["runs"]]
-        ax.bar(i, row["test_median"], color="#4472c4", alpha=0.6)
+        ax.bar(i, row["test_median"], color="#4472c4", alpha=0.6, label="median over seeds" if i == 0 else None)
         ax.scatter([i] * len(tests), tests, color="black", s=14, zorder=3, label="one seed" if i == 0 else None)
     ax.axhline(results["seed_prompt"]["test"], color="#c00000", ls="--", label="seed prompt")
-    if results.get("chance"):
-        ax.axhline(results["chance"], color="gray", ls=":", label="chance")
+    if results.get("chance") is not None:
+        ax.axhline(results["chance"], color="gray", ls=":", label="chance (most common label)")
     ax.set_xticks(range(len(names)), names)
     ax.set_ylim(0, 1)
+    label_bars(ax, range(len(names)), [row["test_median"] for row in results["rows"]])
     ax.set_ylabel(f"test accuracy (n={results['split']['n_test']})")
     ax.set_title(f"{results['task']}: best prompt found, {results['evaluations']} evaluations", fontsize=9)
     ax.legend(fontsize=8)
-    path = Path(run_dir) / "prompt_compare.png"
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return [path]
+    return [save_figure(fig, Path(run_dir) / "prompt_compare.png")]
