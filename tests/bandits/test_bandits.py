@@ -227,3 +227,62 @@ def test_thompson_beats_uniform_and_updates_posterior():
     assert len(set(ts.select_batch(2))) == 2
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         ts.update(1, -0.1)
+
+
+# -- BatchUCB (APE's bandit evaluator) -----------------------------------------------------------------
+def _reference_ucb_choice(counts, totals, c, n):
+    """APE's rule in words: the mean of an arm is its score total over the examples it was scored on (0 if
+    none); add c times the root of ln(sum of counts, each plus 1e-3) over its count plus 1e-3; take the n
+    largest, ties by numpy's argsort reversed."""
+    counts, totals = np.asarray(counts, float), np.asarray(totals, float)
+    mean = np.where(counts > 0, totals / np.where(counts > 0, counts, 1), 0.0)
+    eps = counts + 1e-3
+    return [int(i) for i in np.argsort(mean + c * np.sqrt(np.log(eps.sum()) / eps))[::-1][:n]]
+
+
+def test_batch_ucb_counts_examples_and_matches_the_rule_on_a_hand_case():
+    from lmopt.bandits import BatchUCB
+
+    b = BatchUCB(3, c=1.0, seed=0)
+    first = b.choose(2)
+    assert len(set(first)) == 2
+    b.update([0, 1], [1.0, 0.5], n_samples=5)
+    assert b.counts.tolist() == [5, 5, 0] and b.means().tolist() == [1.0, 0.5, 0.0]
+    # arm 2 unscored: 0 + sqrt(ln(10.003) / 0.001) = 47.99 beats arm 0's 1 + sqrt(ln(10.003) / 5.001) = 1.68
+    assert b.ucb() == pytest.approx([1 + (np.log(10.003) / 5.001) ** 0.5, 0.5 + (np.log(10.003) / 5.001) ** 0.5,
+                                     (np.log(10.003) / 0.001) ** 0.5])
+    assert b.choose(2) == [2, 0]
+    b.update([2], [0.9], n_samples=5)
+    assert b.choose(1) == [0] and b.best() == 0
+
+
+def test_batch_ucb_follows_apes_rule_for_thirty_rounds():
+    from lmopt.bandits import BatchUCB
+
+    rng = np.random.default_rng(1)
+    true = rng.uniform(size=37)
+    b = BatchUCB(37, c=1.0, seed=3)
+    counts, totals = np.zeros(37), np.zeros(37)
+    for r in range(30):
+        arms = b.choose(8)
+        if r:
+            assert arms == _reference_ucb_choice(counts, totals, 1.0, 8)
+        scores = [rng.binomial(5, true[i]) / 5 for i in arms]
+        b.update(arms, scores, 5)
+        for i, s in zip(arms, scores):
+            counts[i] += 5
+            totals[i] += 5 * s
+    assert b.counts.tolist() == counts.tolist() and b.means() == pytest.approx(totals / np.maximum(counts, 1))
+    assert true[b.best()] > np.median(true)  # the bandit's pick is a good arm
+
+
+def test_batch_ucb_rejects_bad_input():
+    from lmopt.bandits import BatchUCB
+
+    with pytest.raises(ValueError, match="n_arms"):
+        BatchUCB(0)
+    b = BatchUCB(2)
+    with pytest.raises(ValueError, match="2 arms but 1 scores"):
+        b.update([0, 1], [0.5], 3)
+    with pytest.raises(IndexError, match="out of range"):
+        b.update([2], [0.5], 3)

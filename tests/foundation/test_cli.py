@@ -38,11 +38,11 @@ def test_evaluate_recipe_writes_results_report_plot_and_resumes(tmp_path, script
     assert res["prompts"][0]["details"]["prediction_counts"]["positive"] == 12
     assert len(res["prompts"][1]["prompt"]["exemplars"]) == 2
     assert (run_dir / "accuracy.png").stat().st_size > 1000
-    (acc, cost), = [json.loads((run_dir / "accuracy.plot.json").read_text())["panels"]]
+    acc, cost = json.loads((run_dir / "accuracy.plot.json").read_text())["panels"]
     assert acc["ylim"] == [0, 1] and [b["height"] for b in acc["bars"]] == pytest.approx([4 / 12, 4 / 12])
     (chance,) = [ln for ln in acc["lines"] if ln["label"].startswith("chance")]
     assert chance["y"] == pytest.approx(res["chance"])
-    assert acc["texts"] == ["0.333", "0.333"] and "n=12" in acc["ylabel"]
+    assert acc["texts"] == ["0.333", "0.333"] and "n=12" in acc["ylabel"] and cost["ylabel"].startswith("tokens")
     assert "| zero | 0.333 |" in (run_dir / "report.md").read_text()
     calls = scripted.calls
     assert calls == 2 * 12 * 3

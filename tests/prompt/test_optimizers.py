@@ -30,6 +30,8 @@ def _methods():
     return {
         "random": lambda: RandomSearch(n_shots=3),
         "ape": lambda: APE(prompts_per_subsample=4, n_subsamples=2),
+        "ape_subsample": lambda: APE(prompts_per_subsample=4, n_subsamples=2, evaluation="subsample", n_samples=4),
+        "ape_ucb": lambda: APE(prompts_per_subsample=4, n_subsamples=2, evaluation="ucb", n_samples=3, ucb_rounds=4),
         "opro": lambda: OPRO(proposals_per_step=3),
         "ease": lambda: EASE(n_shots=3, **FAST_EASE),
         "ease_ot_joint": lambda: EASE(n_shots=3, ot_filter=True, ot_keep=20, joint=True,
@@ -51,7 +53,7 @@ def test_optimizer_end_to_end(name, toy_task, toy_lm):
     assert evaluate_prompt(LM(toy_lm[0].backend), toy_task, res.best_prompt, split.validation).score == \
         pytest.approx(res.val_score)
     assert res.usage["task"]["calls"] > 0
-    if name in ("ape", "opro", "spo", "instinct"):
+    if name.startswith("ape") or name in ("opro", "spo", "instinct"):
         assert res.usage["optimizer"]["calls"] > 0
     if name == "spo":
         assert res.usage["judge"]["calls"] > 0
@@ -96,7 +98,7 @@ def test_lm_budget_stops_before_exceeding(toy_task):
         PromptBudget(evaluations=0)
 
 
-@pytest.mark.parametrize("name", ["opro", "ease", "spo"])
+@pytest.mark.parametrize("name", ["opro", "ease", "spo", "ape_ucb"])
 def test_resume_after_interruption_matches_uninterrupted(name, tmp_path):
     task = make_task()
     ref_toy = ToyLM(task)
@@ -158,7 +160,7 @@ def test_rerun_with_cache_costs_zero_calls(tmp_path):
     assert r2.usage["task"]["calls"] == 0 and r2.usage["task"]["cached_calls"] > 0
 
 
-@pytest.mark.parametrize("name", ["random", "ease", "opro"])
+@pytest.mark.parametrize("name", ["random", "ease", "opro", "ape_subsample"])
 def test_deterministic_per_seed(name, toy_task):
     runs = []
     for seed in (0, 0, 1):
@@ -250,3 +252,68 @@ def test_instinct_pool_outlasts_the_budget(toy_task):
     pool = [h for h in res.history if h["kind"] == "candidates"][0]["n"]
     assert pool >= 8  # one more than the evaluations left after the seed's
     assert res.n_evaluations == 8
+
+
+def _sample_evals(res):
+    return [h for h in res.history if h["kind"] == "sample_eval"]
+
+
+def test_ape_subsample_scores_each_candidate_on_a_fresh_sample_within_the_budget(toy_task):
+    # n_val 12, samples of 4: a sample costs 1/3 of an evaluation. Budget 6 = the seed prompt, 12 samples
+    # (4 evaluations) and the chosen candidate's full evaluation.
+    res = APE(prompts_per_subsample=10, n_subsamples=2, evaluation="subsample", n_samples=4).run(
+        toy_task, LM(ToyLM(toy_task).backend), budget=6, split=SPLIT, seed=0)
+    samples = _sample_evals(res)
+    assert len(samples) == 12 and all(h["n_examples"] == 4 for h in samples)
+    assert len({h["prompt"]["instruction"] for h in samples}) == 12  # one sample per candidate
+    assert res.n_evaluations == 6
+    full = [h for h in res.history if h["kind"] == "eval"]
+    assert [h["source"] for h in full] == ["seed", "ape-subsample"]
+    best = max(samples, key=lambda h: h["score"])  # the chosen candidate has the best sampled score
+    assert full[1]["sampled_mean"] == best["score"]
+    assert full[1]["prompt"]["instruction"] in {h["prompt"]["instruction"] for h in samples
+                                                if h["score"] == best["score"]}
+
+
+def test_ape_samples_differ_between_candidates(toy_task, monkeypatch):
+    from lmopt.prompt import base
+
+    seen = []
+    real = base.RunContext.evaluate_sample
+
+    def spy(self, prompt, examples, source="", **info):
+        seen.append(tuple(e.input for e in examples))
+        assert {e.input for e in examples} <= {e.input for e in self.splits.validation}
+        return real(self, prompt, examples, source, **info)
+
+    monkeypatch.setattr(base.RunContext, "evaluate_sample", spy)
+    APE(prompts_per_subsample=10, n_subsamples=1, evaluation="subsample", n_samples=4).run(
+        toy_task, LM(ToyLM(toy_task).backend), budget=5, split=SPLIT, seed=0)
+    assert len(seen) == 9 and len(set(seen)) > 1 and all(len(set(s)) == 4 for s in seen)
+
+
+def test_ape_ucb_rounds_follow_the_bandit_and_keep_one_evaluation_for_the_winner(toy_task):
+    res = APE(prompts_per_subsample=6, n_subsamples=1, evaluation="ucb", n_samples=3, ucb_rounds=5).run(
+        toy_task, LM(ToyLM(toy_task).backend), budget=30, split=SPLIT, seed=0)
+    samples = _sample_evals(res)
+    # 6 candidates, a third of them (2) per round, 5 rounds of samples of 3 examples
+    assert [h["round"] for h in samples] == [r for r in range(5) for _ in range(2)]
+    (ucb,) = [h for h in res.history if h["kind"] == "ape_ucb"]
+    assert sum(ucb["counts"]) == 5 * 2 * 3
+    # the bandit's means are the per-candidate averages of its samples
+    for i, mean in enumerate(ucb["means"]):
+        mine = [h["score"] for h in samples if h["candidate"] == i]
+        assert mean == pytest.approx(sum(mine) / len(mine) if mine else 0.0)
+    # 30 examples of samples = 2.5 evaluations, counted as 2; plus the seed prompt and the winner
+    assert res.n_evaluations == 4
+    final = [h for h in res.history if h["kind"] == "eval"][-1]
+    assert final["source"] == "ape-ucb" and final["sampled_mean"] == max(ucb["means"])
+
+
+def test_ape_sampled_modes_reject_bad_settings(toy_task):
+    with pytest.raises(ValueError, match="evaluation must be"):
+        APE(evaluation="bandit")
+    with pytest.raises(ValueError, match="n_samples applies"):
+        APE(n_samples=5)
+    with pytest.raises(ValueError, match="exceeds the 12 validation examples"):
+        APE(evaluation="subsample", n_samples=13).run(toy_task, LM(ToyLM(toy_task).backend), budget=4, split=SPLIT)

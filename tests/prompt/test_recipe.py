@@ -66,6 +66,7 @@ def test_run_prompt_recipe_resumes_and_plots(tmp_path, monkeypatch):
     lines = {ln["label"]: ln.get("y") for ln in val["lines"]}
     assert lines["seed prompt"] == pytest.approx(out["seed_val_score"])
     assert lines["chance (most common label)"] == pytest.approx(out["chance"]["validation"])
-    assert [y for _, y in val["scatter"][0]["points"]] == [h["val_score"] for h in out["history"] if h["kind"] == "eval"]
+    evals = [h["val_score"] for h in out["history"] if h["kind"] == "eval"]
+    assert [y for _, y in val["scatter"][0]["points"]] == evals
     assert [b["height"] for b in test["bars"]] == pytest.approx([out["seed_test_score"], out["test_score"]])
     assert "within the noise" in (tmp_path / "report.md").read_text()

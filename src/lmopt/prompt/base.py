@@ -184,6 +184,7 @@ class RunContext:
         self.scores: dict[str, float] = {}
         self.prompts: dict[str, Prompt] = {}
         self.evaluations_used = 0
+        self._sampled = 0  # validation examples scored by sampled evaluations beyond the last whole evaluation
         self.parse_failures = 0
         self.best: tuple[float, Prompt] | None = None
         self._t0 = time.perf_counter()
@@ -211,7 +212,7 @@ class RunContext:
         key = prompt_key(prompt)
         if key in self.scores:
             return self.scores[key]
-        if self.evaluations_left <= 0:
+        if self.sample_examples_left < len(self.splits.validation):  # what sampled evaluations left is too little
             raise StopRun("evaluation budget spent")
         res = self._journaled_eval("val:" + key, prompt, self.splits.validation)
         self.evaluations_used += 1
@@ -223,6 +224,31 @@ class RunContext:
         self.log("eval", prompt=prompt.to_dict(), val_score=score, source=source, **info)
         self.tick(f"{self.method}: eval {self.evaluations_used}/{self.budget.evaluations} "
                    f"score {score:.3f} best {self.best[0]:.3f}")
+        return score
+
+    @property
+    def sample_examples_left(self) -> int:
+        """Validation examples that sampled evaluations (:meth:`evaluate_sample`) may still score."""
+        return self.evaluations_left * len(self.splits.validation) - self._sampled
+
+    def evaluate_sample(self, prompt: Prompt, examples: Sequence[Example], source: str = "", **info: Any) -> float:
+        """Mean score of ``prompt`` on ``examples``, a sample of the validation split (APE's fresh subsamples and
+        UCB rounds). It costs ``len(examples) / n_val`` of an evaluation, so that sampled and full evaluations
+        spend one budget; it does not make ``prompt`` a candidate for the best prompt (score it in full with
+        :meth:`evaluate` for that)."""
+        if not examples:
+            raise ValueError("evaluate_sample needs at least one example")
+        if len(examples) > self.sample_examples_left:
+            raise StopRun("evaluation budget spent")
+        fp = _fingerprint([(e.input, e.target) for e in examples])
+        res = self._journaled_eval(f"sample:{fp}:{prompt_key(prompt)}", prompt, examples)
+        used, self._sampled = divmod(self._sampled + len(examples), len(self.splits.validation))
+        self.evaluations_used += used
+        score = float(res["score"])
+        self.log("sample_eval", prompt=prompt.to_dict(), score=score, n_examples=len(examples), source=source,
+                 **info)
+        self.tick(f"{self.method}: {self.evaluations_used}/{self.budget.evaluations} evaluations spent, "
+                  f"sample score {score:.3f}")
         return score
 
     def evaluate_on(self, prompt: Prompt, examples: Sequence[Example], split_name: str) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ..bandits import NeuralUCB
+from ..bandits import BatchUCB, NeuralUCB
 from ..data.task import Example
 from .base import Optimizer, RunContext, StopRun, prompt_key, prompt_text
 from .evaluator import Prompt
@@ -91,33 +91,116 @@ class APE(Optimizer):
     """APE — Automatic Prompt Engineer (Zhou et al., ICLR 2023, arXiv 2211.01910, Alg. 1).
 
     Proposal: forward generation of ``n_subsamples × prompts_per_subsample`` instructions from random
-    demonstration subsets (``n_demos`` each) by the optimiser LM. Selection: each distinct candidate is
-    scored on the validation split in proposal order until the evaluation budget is spent; the best is kept.
-    (The paper's iterative Monte-Carlo resampling variant is not implemented.)
+    demonstration subsets (``n_demos`` each) by the optimiser LM. Selection (``evaluation``):
+
+    * ``"full"`` (default): each distinct candidate is scored on the whole validation split, in proposal order,
+      until the evaluation budget is spent; the best is kept. All candidates see the same examples.
+    * ``"subsample"`` (the authors' ``exec_accuracy`` evaluator): each candidate is scored on a fresh random
+      sample of ``n_samples`` validation examples (default 30).
+    * ``"ucb"`` (the authors' bandit evaluator, §3.1 "Efficient score estimation"): ``ucb_rounds`` rounds
+      (default 20), each scoring the ``ucb_prompts_per_round`` candidates (default a third of them) with the
+      highest upper bound (:class:`lmopt.bandits.BatchUCB`, ``c = ucb_c`` = 1.0) on fresh samples of
+      ``n_samples`` examples (default 5), as the authors' ``simple_ape``.
+
+    In the two sampled modes a sample of m examples costs m / n_val of an evaluation, one evaluation is kept
+    to score the chosen candidate on the whole validation split (so that ``val_score`` means the same for
+    every method), and the candidate chosen is the one with the best sampled mean. (The paper's iterative
+    Monte-Carlo resampling of candidates is not implemented.)
     """
 
     name = "ape"
     paper = "arXiv 2211.01910 (APE), Alg. 1, forward generation"
 
     def __init__(self, n_subsamples: int = 3, prompts_per_subsample: int = 30, n_demos: int = 5,
-                 temperature: float = 0.9, n_shots: int = 0) -> None:
+                 temperature: float = 0.9, n_shots: int = 0, evaluation: str = "full", n_samples: int | None = None,
+                 ucb_rounds: int = 20, ucb_prompts_per_round: int | None = None, ucb_c: float = 1.0) -> None:
         for k, v in (("n_subsamples", n_subsamples), ("prompts_per_subsample", prompts_per_subsample),
-                     ("n_demos", n_demos)):
+                     ("n_demos", n_demos), ("ucb_rounds", ucb_rounds)):
             _check_int(k, v, 1)
         _check_int("n_shots", n_shots)
+        if evaluation not in ("full", "subsample", "ucb"):
+            raise ValueError(f"evaluation must be 'full', 'subsample' or 'ucb', got {evaluation!r}")
+        if n_samples is None:
+            n_samples = {"full": 0, "subsample": 30, "ucb": 5}[evaluation]
+        elif evaluation == "full":
+            raise ValueError("n_samples applies to evaluation='subsample' or 'ucb' only")
+        else:
+            _check_int("n_samples", n_samples, 1)
+        if ucb_prompts_per_round is not None:
+            _check_int("ucb_prompts_per_round", ucb_prompts_per_round, 1)
+        if not isinstance(ucb_c, (int, float)) or ucb_c < 0:
+            raise ValueError(f"ucb_c must be a number >= 0, got {ucb_c!r}")
         super().__init__(n_subsamples=n_subsamples, prompts_per_subsample=prompts_per_subsample,
-                         n_demos=n_demos, temperature=temperature, n_shots=n_shots)
+                         n_demos=n_demos, temperature=temperature, n_shots=n_shots, evaluation=evaluation,
+                         n_samples=n_samples, ucb_rounds=ucb_rounds, ucb_prompts_per_round=ucb_prompts_per_round,
+                         ucb_c=ucb_c)
 
     def _optimize(self, ctx: RunContext) -> None:
         h = self.hparams
-        # only as many candidates as the budget can score
-        want = min(h["n_subsamples"] * h["prompts_per_subsample"], max(1, ctx.evaluations_left))
+        n_val = len(ctx.splits.validation)
+        if h["evaluation"] != "full" and h["n_samples"] > n_val:
+            raise ValueError(f"n_samples={h['n_samples']} exceeds the {n_val} validation examples; raise n_val "
+                             "or lower n_samples")
+        total = h["n_subsamples"] * h["prompts_per_subsample"]
+        if h["evaluation"] == "full":
+            want = min(total, max(1, ctx.evaluations_left))  # only as many candidates as the budget can score
+        elif h["evaluation"] == "subsample":
+            want = min(total, max(1, (ctx.evaluations_left - 1) * n_val // h["n_samples"]))
+        else:
+            want = total
         cands = generate_instructions(ctx, want, n_demos=h["n_demos"], per_call=h["prompts_per_subsample"],
                                       temperature=h["temperature"])
         ctx.log("candidates", n=len(cands))
         shots = _sample_exemplars(ctx.rng("ape-shots"), ctx.splits.train, h["n_shots"]) if h["n_shots"] else ()
-        for c in cands:
-            ctx.evaluate(Prompt(c, shots), source="ape")
+        prompts = [Prompt(c, shots) for c in cands]
+        if h["evaluation"] == "full":
+            for p in prompts:
+                ctx.evaluate(p, source="ape")
+            return
+        means = self._sampled_means(ctx, prompts)
+        if means:
+            # the chosen candidate: best sampled mean, ties broken as the authors' descending argsort; then
+            # scored on the whole validation split
+            idx = sorted(means)
+            best = idx[int(np.argsort([means[i] for i in idx])[::-1][0])]
+            ctx.evaluate(prompts[best], source=f"ape-{h['evaluation']}", sampled_mean=means[best])
+
+    def _sampled_means(self, ctx: RunContext, prompts: list[Prompt]) -> dict[int, float]:
+        """Sampled mean score per candidate index, spending the budget but one evaluation."""
+        h = self.hparams
+        val, m = ctx.splits.validation, h["n_samples"]
+        rng = ctx.rng("ape-samples")
+        reserve = len(val)  # one full evaluation for the chosen candidate
+
+        def sample_score(p: Prompt, **info: Any) -> float | None:
+            if ctx.sample_examples_left - m < reserve:
+                return None
+            return ctx.evaluate_sample(p, [val[int(i)] for i in rng.choice(len(val), m, replace=False)],
+                                       source=f"ape-{h['evaluation']}", **info)
+
+        if h["evaluation"] == "subsample":
+            means = {}
+            for i, p in enumerate(prompts):
+                s = sample_score(p, candidate=i)
+                if s is None:
+                    break
+                means[i] = s
+            return means
+        bandit = BatchUCB(len(prompts), c=h["ucb_c"], seed=int(rng.integers(2**31)))
+        per_round = h["ucb_prompts_per_round"] or max(1, int(len(prompts) * 0.334))  # the authors' 1/3
+        for r in range(h["ucb_rounds"]):
+            arms = bandit.choose(per_round)
+            scores = []
+            for i in arms:
+                s = sample_score(prompts[i], candidate=i, round=r)
+                if s is None:
+                    break
+                scores.append(s)
+            bandit.update(arms[:len(scores)], scores, m)
+            if len(scores) < len(arms):
+                break
+        ctx.log("ape_ucb", counts=bandit.counts.tolist(), means=bandit.means().tolist())
+        return {i: float(bandit.means()[i]) for i in range(len(prompts)) if bandit.counts[i] > 0}
 
 
 class OPRO(Optimizer):
