@@ -98,3 +98,14 @@ def test_actions_scored_over_the_arm_numbers():
     assert res.arms == [2] * 6 and res.parse_failures == 0
     with pytest.raises(ValueError, match="action_mode='score'"):
         EXPO(embedder=HashingEmbedder(64), action_mode="score").run(env, LM(ScriptedBackend(agent)), horizon=2)
+
+
+def test_progress_true_prints_one_line_per_step(capsys):
+    env = BernoulliBandit((0.1, 0.9), seed=0)
+    lm = LM(ScriptedBackend(lambda p, c, j: "<arm>1</arm>"))
+    res = EXPO(optimize=False).run(env, lm, horizon=4, progress=True)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 4
+    assert lines[-1].endswith(f"4/4 fixed: meta-prompt 0 pulled arm 1, total reward {res.total_reward:g}")
+    with pytest.raises(TypeError, match="progress must be"):
+        EXPO(optimize=False).run(env, lm, horizon=1, progress="yes")

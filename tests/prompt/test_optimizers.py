@@ -317,3 +317,13 @@ def test_ape_sampled_modes_reject_bad_settings(toy_task):
         APE(n_samples=5)
     with pytest.raises(ValueError, match="exceeds the 12 validation examples"):
         APE(evaluation="subsample", n_samples=13).run(toy_task, LM(ToyLM(toy_task).backend), budget=4, split=SPLIT)
+
+
+def test_progress_true_prints_each_evaluation_and_the_test_scoring(toy_task, capsys):
+    res = RandomSearch(n_shots=2).run(toy_task, LM(ToyLM(toy_task).backend), budget=3, split=SPLIT, progress=True)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert [ln.split("] ", 1)[1].split(" ", 1)[0] for ln in lines] == ["1/3", "2/3", "3/3", "3/3"]
+    assert "random: eval 3/3" in lines[2] and "scoring the best and the seed prompt on 20 test" in lines[3]
+    assert res.n_evaluations == 3
+    with pytest.raises(TypeError, match="progress must be"):
+        RandomSearch().run(toy_task, LM(ToyLM(toy_task).backend), budget=1, split=SPLIT, progress="yes")

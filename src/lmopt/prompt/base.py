@@ -51,6 +51,15 @@ class PrintProgress:
               file=self.stream or sys.stderr, flush=True)
 
 
+def resolve_progress(progress: ProgressFn | bool | None) -> ProgressFn | None:
+    """``True`` → :class:`PrintProgress`, ``False``/``None`` → None, a callable as it is."""
+    if isinstance(progress, bool):
+        return PrintProgress() if progress else None
+    if progress is not None and not callable(progress):
+        raise TypeError(f"progress must be True, False, None or a callable (done, total, message), got {progress!r}")
+    return progress
+
+
 class StopRun(Exception):
     """Raised inside an optimiser to end the run (budget spent); caught by :meth:`Optimizer.run`."""
 
@@ -435,11 +444,7 @@ class Optimizer:
             raise TypeError(f"lm must be an lmopt.lm.LM, got {type(lm).__name__}")
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise ValueError(f"seed must be an int, got {seed!r}")
-        if isinstance(progress, bool):
-            progress = PrintProgress() if progress else None
-        elif progress is not None and not callable(progress):
-            raise TypeError(f"progress must be True, False, None or a callable (done, total, message), "
-                            f"got {progress!r}")
+        progress = resolve_progress(progress)
         pbudget = PromptBudget.from_any(budget)
         if splits is None:
             splits = _default_splits(task, split)

@@ -41,6 +41,7 @@ from ..bandits import ExponentialWeights, NeuralUCB
 from ..lm.client import LM
 from ..lm.types import GenerationConfig
 from ..lm.usage import BudgetExceeded
+from .base import resolve_progress
 from .features import as_matrix, resolve_embedder
 from .parsing import parse_proposal
 
@@ -172,9 +173,12 @@ class EXPO:
         return f"{description}\n\nPast pulls:\n{hist}\n\nThis is pull {t + 1} of {horizon}. {instruction}"
 
     def run(self, env: BernoulliBandit, lm: LM, horizon: int = 30, *, optimizer_lm: LM | None = None,
-            max_history: int = 30) -> SequentialResult:
+            max_history: int = 30, progress: Any = None) -> SequentialResult:
+        """Play ``horizon`` steps of ``env``; ``progress`` as in :meth:`lmopt.prompt.Optimizer.run` (``True``
+        prints a line per step to stderr, a callable gets ``(step, horizon, message)``)."""
         if not isinstance(horizon, int) or horizon < 1:
             raise ValueError(f"horizon must be a positive int, got {horizon!r}")
+        progress = resolve_progress(progress)
         t0 = time.perf_counter()
         before = lm.usage()
         opt_lm = optimizer_lm or lm
@@ -244,6 +248,9 @@ class EXPO:
             arms.append(arm)
             chosen.append(i)
             history.append({"kind": "step", "t": t, "meta_prompt": i, "arm": arm, "reward": r})
+            if progress is not None:
+                progress(t + 1, horizon, f"{self.name}: meta-prompt {i} pulled arm {arm}, total reward "
+                                         f"{sum(rewards):g}")
         spent = [h for h in history if h["kind"] == "budget"]
         if spent and stop == "finished":
             stop = f"finished with {len(cands)} meta-prompt(s): optimizer LM budget: {spent[0]['reason']}"
