@@ -28,6 +28,13 @@ from benchmarks._common import median_spread, parse_args, save_plot, write_resul
 
 # Each task: loader name + kwargs, split sizes (train, validation, test) and, for generation, new tokens.
 TASKS: dict[str, dict[str, Any]] = {
+    # instruction-induction tasks generated from the embedded word list (closed answer sets, label-scored)
+    "first_letter": {"load": ("first_letter", {"size": 400, "seed": 0}), "split": (40, 40, 100)},
+    "last_letter": {"load": ("last_letter", {"size": 400, "seed": 0}), "split": (40, 40, 100)},
+    "second_letter": {"load": ("second_letter", {"size": 400, "seed": 0}), "split": (40, 40, 100)},
+    "word_length": {"load": ("word_length", {"size": 400, "seed": 0}), "split": (40, 40, 100)},
+    "larger_animal": {"load": ("larger_animal", {"size": 400, "seed": 0}), "split": (40, 40, 100)},
+    # earlier benchmark tasks: SmolLM2-135M sits near chance (syllogism, ransom_note) or at 0 (gsm8k) on them
     "tweets": {"load": ("tweets", {"per_class": 40, "seed": 0}), "split": (20, 20, 60)},
     "syllogism": {"load": ("rg:syllogism", {"size": 400, "seed": 0, "labels": "auto", "per_class": 50}),
                   "split": (20, 20, 60)},
@@ -35,11 +42,17 @@ TASKS: dict[str, dict[str, Any]] = {
                     "split": (20, 20, 60)},
     "gsm8k": {"load": ("gsm8k", {"limit": 200}), "split": (20, 6, 12), "max_new_tokens": 64},
 }
-DEFAULTS = {"evals": 10, "seeds": 3, "n_initial": 3, "train_steps": 200,
-            "tasks": list(TASKS), "methods": ["random", "ape", "opro", "ease", "instinct", "spo"],
-            "expo_horizon": 10, "throughput_n": 24, "embedder": "minilm", "split_override": None}
+SPREAD_TASKS = ["first_letter", "last_letter", "second_letter", "word_length", "larger_animal"]
+SPREAD_SPLIT_SEED = 1000  # the spread that picks the tasks is measured on a split no reported seed uses
+POOL_METHODS, PROPOSER_METHODS = ("random", "ease", "instinct"), ("ape", "opro", "spo")
+DEFAULTS = {"evals": 30, "seeds": 5, "n_initial": 8, "train_steps": 200, "tasks": "auto", "max_tasks": 1,
+            "spread_tasks": SPREAD_TASKS, "spread_prompts": 8, "methods": ["random", "ape", "opro", "ease",
+                                                                            "instinct", "spo"],
+            "expo_horizon": 10, "throughput_n": 24, "embedder": "minilm", "split_override": None,
+            "resample_splits": True}
 QUICK = {**DEFAULTS, "evals": 3, "seeds": 1, "tasks": ["tweets"], "methods": ["random", "ease"], "n_initial": 1,
-         "train_steps": 50, "expo_horizon": 0, "throughput_n": 8, "embedder": "hash", "split_override": (12, 4, 6)}
+         "train_steps": 50, "expo_horizon": 0, "throughput_n": 8, "embedder": "hash", "split_override": (12, 4, 6),
+         "spread_tasks": ["first_letter"], "spread_prompts": 2}
 
 
 def _log(msg: str) -> None:
@@ -117,30 +130,108 @@ def expo_bench(local: Any, cfg: dict[str, Any], seeds: int) -> dict[str, Any]:
     return out
 
 
+def prompt_spread(local: Any, cfg: dict[str, Any]) -> dict[str, Any]:
+    """Per task: test accuracy of the seed prompt and of ``spread_prompts`` random prompts (the seed instruction
+    with a random ordered 2-shot exemplar set), on a split no reported seed uses. ``signal`` is the standard
+    deviation across the random prompts over the binomial standard deviation of one accuracy: near 1, prompts
+    differ no more than test noise and no optimiser can be told apart from another on the task."""
+    import random
+
+    from lmopt._report import chance_level
+    from lmopt.lm import LM
+    from lmopt.prompt import Prompt, evaluate_prompt
+
+    out = {}
+    for name in cfg["spread_tasks"]:
+        t0 = time.perf_counter()
+        task, (n_train, n_val, n_test) = _task(name, cfg)
+        sp = task.split(SPREAD_SPLIT_SEED, n_train=n_train, n_val=n_val, n_test=n_test)
+        rng = random.Random(f"spread:{name}")
+        prompts = [Prompt(task.instruction)] + [Prompt(task.instruction, tuple(rng.sample(list(sp.train), 2)))
+                                                for _ in range(cfg["spread_prompts"])]
+        scores = [evaluate_prompt(LM(local), task, p, list(sp.test), chat=not task.is_classification).score
+                  for p in prompts]
+        rand = scores[1:]
+        mean = statistics.mean(rand)
+        binom = max(mean * (1 - mean), 1.0 / len(sp.test)) ** 0.5 / len(sp.test) ** 0.5
+        sd = statistics.stdev(rand) if len(rand) > 1 else 0.0
+        out[name] = {"n_test": len(sp.test), "seed_prompt": scores[0], "random_prompts": rand, "sd": sd,
+                     "binomial_sd": binom, "signal": sd / binom, "headroom": max(rand) - statistics.median(rand),
+                     "chance": chance_level(task, sp.test), "wall_s": time.perf_counter() - t0}
+        _log(f"  {name}: seed prompt {scores[0]:.3f}, random prompts {min(rand):.3f}-{max(rand):.3f} "
+             f"(sd {sd:.3f} vs binomial {binom:.3f})")
+    return out
+
+
+def choose_tasks(spread: dict[str, Any], max_tasks: int) -> list[str]:
+    """The tasks whose prompt spread is largest beyond noise (signal >= 2), at most ``max_tasks``."""
+    ranked = sorted((t for t, d in spread.items() if d["signal"] >= 2.0), key=lambda t: -spread[t]["signal"])
+    if not ranked:
+        raise SystemExit(f"no task of the spread stage separates prompts beyond noise: {spread}")
+    return ranked[:max_tasks]
+
+
+def t_quantile(df: int) -> float:
+    """The two-sided 95% Student-t quantile."""
+    from scipy.stats import t
+
+    return float(t.ppf(0.975, df))
+
+
+def paired_power(diffs: list[float]) -> dict[str, Any]:
+    """Mean of per-seed differences and the smallest mean difference a paired t-test over these seeds detects
+    at 95% (half-width of the confidence interval); ``beyond_noise`` when the mean exceeds it."""
+    n = len(diffs)
+    mean = statistics.mean(diffs)
+    if n < 2:
+        return {"mean": mean, "n": n, "mdd": None, "beyond_noise": None}
+    mdd = t_quantile(n - 1) * statistics.stdev(diffs) / n ** 0.5
+    return {"mean": mean, "n": n, "mdd": mdd, "beyond_noise": abs(mean) > mdd and mdd > 0}
+
+
+def prior_mdd(p: float, n_test: int, seeds: int) -> float | None:
+    """Before running: the smallest mean difference detectable over ``seeds`` paired runs if the only noise were
+    the binomial test noise of two independent accuracies near ``p`` on ``n_test`` examples (None for 1 seed)."""
+    if seeds < 2:
+        return None
+    sd_diff = (2 * max(p * (1 - p), 1.0 / n_test) / n_test) ** 0.5
+    return t_quantile(seeds - 1) * sd_diff / seeds ** 0.5
+
+
 def main(argv: list[str] | None = None) -> None:
     def extra(p):
-        p.add_argument("--evals", type=int, default=None, help="evaluations per run (default 10, quick 3)")
+        p.add_argument("--evals", type=int, default=None, help="evaluations per run (default 30, quick 3)")
         p.add_argument("--model", default=None,
                        help="task/proposer model: a Hugging Face id or folder (default: the embedded SmolLM2)")
         p.add_argument("--device", default="cpu", help="torch device of the model, e.g. cuda")
         p.add_argument("--initial", type=int, default=None,
-                       help="random initial evaluations of EASE / INSTINCT before NeuralUCB (default 3, quick 1)")
-        p.add_argument("--tasks", default=None, help="comma-separated task names")
+                       help="random initial evaluations of EASE / INSTINCT before NeuralUCB (default 8, quick 1)")
+        p.add_argument("--tasks", default=None,
+                       help="comma-separated task names, or 'auto' (default): the tasks of the spread stage on which "
+                            "random prompts differ most beyond binomial noise")
+        p.add_argument("--max-tasks", type=int, default=None, help="tasks 'auto' keeps (default 1)")
+        p.add_argument("--fixed-split", action="store_true",
+                       help="one validation/test split for every seed (default: resampled per seed)")
         p.add_argument("--methods", default=None, help="comma-separated method names")
         p.add_argument("--no-expo", action="store_true", help="skip the EXPO bandit part")
         p.add_argument("--expo-only", action="store_true", help="only the EXPO bandit part")
         p.add_argument("--combine", nargs="+", default=None, metavar="JSON",
                        help="no new runs: one report from prompt_opt.json / prompt_opt.partial.json files")
 
-    args = parse_args("prompt_opt", __doc__.splitlines()[0], default_seeds=3, argv=argv, extra=extra)
+    args = parse_args("prompt_opt", __doc__.splitlines()[0], default_seeds=DEFAULTS["seeds"], argv=argv,
+                      extra=extra)
     cfg = dict(QUICK if args.quick else DEFAULTS)
+    if args.max_tasks:
+        cfg["max_tasks"] = args.max_tasks
+    if args.fixed_split:
+        cfg["resample_splits"] = False
     if args.evals:
         cfg["evals"] = args.evals
     if args.initial:
         cfg["n_initial"] = args.initial
     if args.tasks:
-        cfg["tasks"] = args.tasks.split(",")
-        if set(cfg["tasks"]) - set(TASKS):
+        cfg["tasks"] = "auto" if args.tasks == "auto" else args.tasks.split(",")
+        if cfg["tasks"] != "auto" and set(cfg["tasks"]) - set(TASKS):
             raise SystemExit(f"unknown task(s) {sorted(set(cfg['tasks']) - set(TASKS))}; choose from {sorted(TASKS)}")
     if args.methods:
         cfg["methods"] = args.methods.split(",")
@@ -162,12 +253,23 @@ def main(argv: list[str] | None = None) -> None:
     tmp = tempfile.mkdtemp(prefix="lmopt-bench-")
     results: dict[str, Any] = {"config": {**cfg, "seeds": seeds, "model": args.model or "SmolLM2-135M-Instruct",
                                           "device": args.device}, "tasks": {}}
+    if cfg["tasks"] == "auto" or (cfg["spread_tasks"] and not args.expo_only):
+        _log(f"spread of test accuracy across random prompts on {', '.join(cfg['spread_tasks'])} ...")
+        results["spread"] = prompt_spread(local, cfg)
+    if cfg["tasks"] == "auto":
+        cfg["tasks"] = choose_tasks(results["spread"], cfg["max_tasks"])
+        results["config"]["tasks"] = cfg["tasks"]
+        _log(f"tasks chosen by spread: {cfg['tasks']}")
     for tname in cfg["tasks"]:
         task, (n_train, n_val, n_test) = _task(tname, cfg)
-        splits = task.split(0, n_train=n_train, n_val=n_val, n_test=n_test)
+        split_of = {s: task.split(s if cfg["resample_splits"] else 0, n_train=n_train, n_val=n_val, n_test=n_test)
+                    for s in range(seeds)}
+        splits = split_of[0]
         chat = not task.is_classification
         meta = {"n": [len(splits.train), len(splits.validation), len(splits.test)],
-                "chance": chance_level(task, splits.test),
+                "chance": statistics.mean(chance_level(task, sp.test) or 0.0 for sp in split_of.values())
+                if task.is_classification else None,
+                "resampled_splits": cfg["resample_splits"],
                 "mode": "score" if task.is_classification else "generate (chat)", "evals": cfg["evals"]}
         rows: dict[str, Any] = {}
         for m in cfg["methods"]:
@@ -175,8 +277,8 @@ def main(argv: list[str] | None = None) -> None:
             for s in range(seeds):
                 t0 = time.perf_counter()
                 cache = CallCache(Path(tmp) / f"calls-{tname}-{m}-{s}.sqlite")  # own accounting per run
-                res = _method(m, cfg).run(task, LM(local, cache=cache), budget=cfg["evals"], seed=s, splits=splits,
-                                          chat=chat)
+                res = _method(m, cfg).run(task, LM(local, cache=cache), budget=cfg["evals"], seed=s,
+                                          splits=split_of[s], chat=chat)
                 cache.close()
                 u = res.usage.get("total", {})
                 runs.append({"seed": s, "val": res.val_score, "test": res.test_score, "seed_val": res.seed_val_score,
@@ -204,10 +306,14 @@ def main(argv: list[str] | None = None) -> None:
     (Path(args.out) / "prompt_opt.md").write_text(_markdown(results))
     beats = {t: [m for m, r in d["methods"].items() if m != "random" and r.get("test_minus_random", 0) > 0]
              for t, d in results["tasks"].items()}
+    beyond = {t: [m for m, r in d["methods"].items()
+                  if m != "random" and (r.get("vs_random_same_seed") or {}).get("paired", {}).get("beyond_noise")]
+              for t, d in results["tasks"].items()}
     summary = {"tasks": list(results["tasks"]), "methods": cfg["methods"], "seeds": seeds, "evals": cfg["evals"],
                "median_test": {t: {m: round(r["test"]["median"], 3) for m, r in d["methods"].items()}
                                for t, d in results["tasks"].items()},
-               "beat_random": beats,
+               "beat_random": beats, "beat_random_beyond_noise": beyond,
+               "spread_signal": {t: round(d["signal"], 2) for t, d in results.get("spread", {}).items()},
                "throughput_speedup": round(results["throughput"]["speedup"], 2) if "throughput" in results else None,
                "wall_time_s": round(results["wall_time_s"], 1)}
     write_result(args, results, summary)
@@ -215,8 +321,9 @@ def main(argv: list[str] | None = None) -> None:
 
 def _row(runs: list[dict[str, Any]]) -> dict[str, Any]:
     keys = ("val", "test", "calls", "tokens", "wall_s")
+    gains = [r["test"] - r["seed_test"] for r in runs]
     return {"runs": runs, **{k: median_spread([r[k] for r in runs]) for k in keys},
-            "gain_vs_seed": median_spread([r["test"] - r["seed_test"] for r in runs])}
+            "gain_vs_seed": {**median_spread(gains), "paired": paired_power(gains)}}
 
 
 def _vs_random(rows: dict[str, Any]) -> None:
@@ -230,36 +337,74 @@ def _vs_random(rows: dict[str, Any]) -> None:
         row["wall_ratio_vs_random"] = row["wall_s"]["median"] / max(1e-9, base["wall_s"]["median"])
         diffs = [r["test"] - base_test[r["seed"]] for r in row["runs"] if r["seed"] in base_test]
         row["vs_random_same_seed"] = {"wins": sum(d > 1e-9 for d in diffs), "ties": sum(abs(d) <= 1e-9 for d in diffs),
-                                      "losses": sum(d < -1e-9 for d in diffs)}
+                                      "losses": sum(d < -1e-9 for d in diffs), "paired": paired_power(diffs)}
 
 
 def _markdown(results: dict[str, Any]) -> str:
-    """Result tables for docs/benchmarks (one per task) and each method's best prompt on seed 0."""
+    """Result tables for docs/benchmarks: the spread stage, then per task one table (pool-driven methods first,
+    then proposer-driven ones) and each method's best prompt on seed 0."""
     lines = []
+    if results.get("spread"):
+        lines += ["### Which tasks can separate prompt optimisers (spread stage)", "",
+                  f"Seed prompt and {results['config'].get('spread_prompts', '?')} random 2-shot prompts scored on "
+                  f"a test split of seed {SPREAD_SPLIT_SEED} (not a reported seed). signal = sd across the random "
+                  "prompts / binomial sd of one accuracy; headroom = best − median random prompt.", "",
+                  "| task | n test | chance | seed prompt | random prompts [min, max] | sd | binomial sd | signal "
+                  "| headroom |", "|---|---|---|---|---|---|---|---|---|"]
+        for t, d in sorted(results["spread"].items(), key=lambda kv: -kv[1]["signal"]):
+            r = d["random_prompts"]
+            ch = "–" if d.get("chance") is None else f"{d['chance']:.3f}"
+            lines.append(f"| {t} | {d['n_test']} | {ch} | {d['seed_prompt']:.3f} | {statistics.median(r):.3f} "
+                         f"[{min(r):.3f}, {max(r):.3f}] | {d['sd']:.3f} | {d['binomial_sd']:.3f} | "
+                         f"{d['signal']:.1f} | {d['headroom']:.3f} |")
+        lines.append("")
     for task, d in results["tasks"].items():
         n = d.get("n")
         head = f"### {task}" + (f" (train/val/test = {n[0]}/{n[1]}/{n[2]}, {d['mode']}" if n else " (")
-        lines += [head + f"{', ' if n else ''}{d.get('evals', '?')} evaluations per run)", "",
-                  "| method | seeds | test median [min, max] | seed-prompt test | test − random | W/T/L vs random "
-                  "| val median | fresh LM calls | tokens | wall s | wall / random |",
+        lines += [head + f"{', ' if n else ''}{d.get('evals', '?')} evaluations per run)", ""]
+        if n and d.get("methods"):
+            seeds = max(r["test"]["n"] for r in d["methods"].values())
+            p = statistics.median(r["test"]["median"] for r in d["methods"].values())
+            mdd = prior_mdd(p, n[2], seeds)
+            lines += ["Before running, binomial test noise alone allows a smallest detectable mean difference of "
+                      + (f"{mdd:.3f}" if mdd is not None else "n/a")
+                      + f" over {seeds} paired seeds at 95% (accuracy ≈ {p:.2f}, {n[2]} test examples); the "
+                      "columns `mean Δ vs random` and `vs seed prompt` give the measured mean paired difference ± "
+                      "the half-width of its 95% t-interval over the seeds (✓: beyond it)."
+                      + (" Validation and test examples are resampled per seed." if d.get("resampled_splits")
+                         else ""), ""]
+        lines += ["| method | kind | seeds | test median [min, max] | seed-prompt test | mean Δ vs seed prompt "
+                  "| mean Δ vs random | W/T/L vs random | val median | fresh LM calls | wall s |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
-        for m, r in d["methods"].items():
+        order = sorted(d["methods"], key=lambda m: (m not in POOL_METHODS, m != "random"))
+        for m in order:
+            r = d["methods"][m]
             t, wtl = r["test"], r.get("vs_random_same_seed")
             seed_test = statistics.median(x["seed_test"] for x in r["runs"])
+            kind = "pool" if m in POOL_METHODS else "proposer" if m in PROPOSER_METHODS else "–"
             lines.append(
-                f"| {m} | {t['n']} | {t['median']:.3f} [{t['min']:.3f}, {t['max']:.3f}] | {seed_test:.3f} | "
-                f"{r.get('test_minus_random', float('nan')):+.3f} | "
+                f"| {m} | {kind} | {t['n']} | {t['median']:.3f} [{t['min']:.3f}, {t['max']:.3f}] | {seed_test:.3f} | "
+                f"{_pm(r['gain_vs_seed'].get('paired'))} | "
+                + (_pm(wtl.get("paired")) if wtl and m != "random" else "–") + " | "
                 + (f"{wtl['wins']}/{wtl['ties']}/{wtl['losses']}" if wtl and m != "random" else "–")
-                + f" | {r['val']['median']:.3f} | {r['calls']['median']:.0f} | {r['tokens']['median']:.0f} | "
-                f"{r['wall_s']['median']:.0f} | {r.get('wall_ratio_vs_random', float('nan')):.2f} |")
+                + f" | {r['val']['median']:.3f} | {r['calls']['median']:.0f} | {r['wall_s']['median']:.0f} |")
         lines += ["", "Best prompt of seed 0 (instruction, number of exemplars):", ""]
-        for m, r in d["methods"].items():
-            bp = r["runs"][0]["best_prompt"]
+        for m in order:
+            bp = d["methods"][m]["runs"][0]["best_prompt"]
             instr = " ".join(bp["instruction"].split())
             instr = instr if len(instr) <= 140 else instr[:137] + "..."
             lines.append(f"- {m}: \"{instr}\" + {len(bp['exemplars'])} exemplars")
         lines.append("")
     return "\n".join(lines)
+
+
+def _pm(paired: dict[str, Any] | None) -> str:
+    """``+0.050 ± 0.031 ✓`` (mean paired difference, 95% half-width, beyond it) or the mean alone."""
+    if not paired:
+        return "–"
+    if paired.get("mdd") is None:
+        return f"{paired['mean']:+.3f}"
+    return f"{paired['mean']:+.3f} ± {paired['mdd']:.3f}" + (" ✓" if paired["beyond_noise"] else "")
 
 
 def _combine(args: Any, paths: list[str]) -> None:
@@ -275,7 +420,7 @@ def _combine(args: Any, paths: list[str]) -> None:
         if "results" in data:  # a finished run
             res = data["results"]
             results["config"] = res["config"]
-            results.update({k: res[k] for k in ("throughput", "expo") if k in res})
+            results.update({k: res[k] for k in ("throughput", "expo", "spread") if k in res})
             tasks = {t: ({m: r["runs"] for m, r in d["methods"].items()},
                          {"evals": res["config"]["evals"], **{k: d[k] for k in ("n", "mode", "evals") if k in d}})
                      for t, d in res["tasks"].items()}
