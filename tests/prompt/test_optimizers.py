@@ -327,3 +327,28 @@ def test_progress_true_prints_each_evaluation_and_the_test_scoring(toy_task, cap
     assert res.n_evaluations == 3
     with pytest.raises(TypeError, match="progress must be"):
         RandomSearch().run(toy_task, LM(ToyLM(toy_task).backend), budget=1, split=SPLIT, progress="yes")
+
+
+def test_instinct_generator_features_read_the_generator_input_of_each_candidate(toy_task):
+    import numpy as np
+
+    toy = ToyLM(toy_task)
+    seen: list[str] = []
+
+    def hidden_states(texts, **kw):  # a white-box task model: records what it is asked to encode
+        seen.extend(texts)
+        return np.stack([np.array([len(t), t.count("Input"), hash(t) % 97], dtype=np.float32) for t in texts])
+
+    toy.backend.hidden_states = hidden_states
+    res = INSTINCT(n_candidates=4, n_initial=2, features="generator", train_steps=5).run(
+        toy_task, LM(toy.backend), budget=4, split=SPLIT)
+    (cands,) = [h for h in res.history if h["kind"] == "candidates"]
+    assert cands["features"] == "generator" and cands["dim"] == 3
+    assert seen[0] == toy_task.instruction  # the seed instruction has no generator input
+    generated = seen[1:]
+    assert generated and all(t.startswith("Someone was given one instruction") for t in generated)
+    evaluated = {h["prompt"]["instruction"] for h in res.history if h["kind"] == "eval"} - {toy_task.instruction}
+    assert all(any(t.endswith("<prompt>" + ins) for t in generated) for ins in evaluated)
+    with pytest.raises(ValueError, match="features='generator' needs a white-box"):
+        INSTINCT(features="generator", n_candidates=2).run(toy_task, LM(ToyLM(toy_task).backend), budget=3,
+                                                           split=SPLIT)

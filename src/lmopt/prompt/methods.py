@@ -33,9 +33,11 @@ def _demo_block(ctx: RunContext, demos: tuple[Example, ...]) -> str:
 
 
 def generate_instructions(ctx: RunContext, n: int, *, n_demos: int = 5, per_call: int = 10,
-                          temperature: float = 0.9, stream: str = "ape") -> list[str]:
+                          temperature: float = 0.9, stream: str = "ape",
+                          sources: dict[str, str] | None = None) -> list[str]:
     """APE forward generation (Zhou et al., arXiv 2211.01910, §3.1): the optimiser LM infers the
-    instruction from random input→output demonstrations. Returns up to ``n`` distinct instructions."""
+    instruction from random input→output demonstrations. Returns up to ``n`` distinct instructions; when
+    ``sources`` is given, it maps each to the generator input (demonstrations and request) that produced it."""
     pool = ctx.splits.train
     if not pool:
         raise ValueError("instruction generation needs training examples; set split n_train >= 1")
@@ -52,6 +54,8 @@ def generate_instructions(ctx: RunContext, n: int, *, n_demos: int = 5, per_call
                             what="instruction", max_new_tokens=64)
         for p in props:
             seen.setdefault(p, None)
+            if sources is not None:
+                sources.setdefault(p, msg)
         attempts += 1
     return list(seen)[:n]
 
@@ -400,16 +404,20 @@ class INSTINCT(Optimizer):
     A NeuralUCB surrogate (1 hidden layer of 100, λ = 0.1, ν = 1) over features of each candidate
     instruction taken from a pre-trained transformer: in white-box mode (``features="hidden"``, the default
     ``"auto"`` when the task LM is a :class:`~lmopt.lm.LocalLM`) the open model's last-token hidden state
-    of the instruction, rows L2-normalised; otherwise sentence embeddings (black-box models).
+    of the instruction, rows L2-normalised; ``features="generator"`` the last-token hidden state of the
+    generator's input followed by the instruction (the demonstrations and request the candidate was
+    generated from — closest to the released code, whose features are the generator's input: soft prompt,
+    demonstrations and "The instruction was to"; the instruction is appended because here several
+    candidates share one generator input; the seed instruction and given ``candidates`` have none and use
+    their own text), z-scored by the surrogate and not L2-normalised; otherwise sentence embeddings
+    (``"embedding"``, black-box models).
 
     Deviation: the paper searches a soft-prompt space whose points an open LLM turns into instructions
     (InstructZero's generator). Here candidates come from any instruction generator — by default APE
     forward generation by the optimiser LM (``n_candidates`` instructions, raised to one more than the
     evaluation budget so that the pool never runs out before the budget does), plus the seed instruction.
     Known issue (seen with small proposer models): candidates may degenerate into copied exemplars; such
-    candidates are kept (they are legitimate prompts) and visible in the history. The released code's
-    white-box features are the generator's input (soft prompt, demonstrations and "The instruction was
-    to"), z-scored; here they are the instruction's own hidden state, z-scored by the surrogate.
+    candidates are kept (they are legitimate prompts) and visible in the history.
     """
 
     name = "instinct"
@@ -421,20 +429,23 @@ class INSTINCT(Optimizer):
                  hidden_layers: int = 1, temperature: float = 0.9) -> None:
         _check_int("n_candidates", n_candidates, 1)
         _check_int("n_initial", n_initial)
-        if features not in ("auto", "hidden", "embedding"):
-            raise ValueError(f"features must be 'auto', 'hidden' or 'embedding', got {features!r}")
+        if features not in ("auto", "hidden", "generator", "embedding"):
+            raise ValueError(f"features must be 'auto', 'hidden', 'generator' or 'embedding', got {features!r}")
         self.embedder = embedder
         super().__init__(n_candidates=n_candidates, n_initial=n_initial, features=features,
                          embedder=embedder_identity(embedder),
                          candidates=list(candidates or []), lam=lam, nu=nu, train_steps=train_steps, lr=lr,
                          hidden=hidden, hidden_layers=hidden_layers, temperature=temperature)
 
-    def _features(self, ctx: RunContext, texts: list[str]) -> tuple[np.ndarray, str]:
+    def _features(self, ctx: RunContext, texts: list[str], sources: dict[str, str]) -> tuple[np.ndarray, str]:
         mode = self.hparams["features"]
         has_hidden = hasattr(ctx.lm.backend, "hidden_states")
-        if mode == "hidden" and not has_hidden:
-            raise ValueError(f"features='hidden' needs a white-box task LM (LocalLM); {ctx.lm.name!r} has no "
+        if mode in ("hidden", "generator") and not has_hidden:
+            raise ValueError(f"features={mode!r} needs a white-box task LM (LocalLM); {ctx.lm.name!r} has no "
                              "hidden states — use features='embedding'")
+        if mode == "generator":
+            inputs = [f"{sources[t]}\n<prompt>{t}" if t in sources else t for t in texts]
+            return as_matrix(ctx.lm.hidden_states(inputs), len(texts)), "generator"
         if mode == "hidden" or (mode == "auto" and has_hidden):
             X = as_matrix(ctx.lm.hidden_states(texts), len(texts))
             X = X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
@@ -447,11 +458,12 @@ class INSTINCT(Optimizer):
         # the pool must exceed the evaluation budget, or the search ends early and spends less than the
         # methods it is compared with
         n_pool = max(h["n_candidates"], ctx.evaluations_left + 1)
+        sources: dict[str, str] = {}
         if len(cands) < n_pool + 1:
             gen = generate_instructions(ctx, n_pool + 1 - len(cands), temperature=h["temperature"],
-                                        stream="instinct-gen")
+                                        stream="instinct-gen", sources=sources)
             cands = list(dict.fromkeys(cands + gen))
-        feats, kind = self._features(ctx, cands)
+        feats, kind = self._features(ctx, cands, {c: sources[c] for c in cands[1:] if c in sources})
         ctx.log("candidates", n=len(cands), features=kind, dim=int(feats.shape[1]))
         # INSTINCT's released surrogate draws its weights from N(0, 1)
         bandit = NeuralUCB(feats.shape[1], hidden=h["hidden"], hidden_layers=h["hidden_layers"], lam=h["lam"],
