@@ -42,7 +42,7 @@ TASKS: dict[str, dict[str, Any]] = {
                     "split": (20, 20, 60)},
     "gsm8k": {"load": ("gsm8k", {"limit": 200}), "split": (20, 6, 12), "max_new_tokens": 64},
 }
-SPREAD_TASKS = ["first_letter", "last_letter", "second_letter", "word_length", "larger_animal"]
+SPREAD_TASKS = ["first_letter", "last_letter", "second_letter", "word_length"]
 SPREAD_SPLIT_SEED = 1000  # the spread that picks the tasks is measured on a split no reported seed uses
 POOL_METHODS, PROPOSER_METHODS = ("random", "ease", "instinct"), ("ape", "opro", "spo")
 DEFAULTS = {"evals": 30, "seeds": 5, "n_initial": 8, "train_steps": 200, "tasks": "auto", "max_tasks": 1,
@@ -131,35 +131,50 @@ def expo_bench(local: Any, cfg: dict[str, Any], seeds: int) -> dict[str, Any]:
 
 
 def prompt_spread(local: Any, cfg: dict[str, Any]) -> dict[str, Any]:
-    """Per task: test accuracy of the seed prompt and of ``spread_prompts`` random prompts (the seed instruction
-    with a random ordered 2-shot exemplar set), on a split no reported seed uses. ``signal`` is the standard
-    deviation across the random prompts over the binomial standard deviation of one accuracy: near 1, prompts
-    differ no more than test noise and no optimiser can be told apart from another on the task."""
+    """Per task, on a split no reported seed uses: test accuracy of the seed prompt, of ``spread_prompts``
+    random exemplar sets (the seed instruction with a random ordered 2-shot set, the pool-driven methods'
+    space) and of as many instructions induced by the task model from 3 demonstrations (APE forward
+    generation, the proposer-driven methods' space). ``signal`` is the standard deviation across one kind of
+    prompt over the binomial standard deviation of one accuracy: near 1, such prompts differ no more than
+    test noise, and optimisers searching them cannot be told apart on the task."""
     import random
 
     from lmopt._report import chance_level
     from lmopt.lm import LM
-    from lmopt.prompt import Prompt, evaluate_prompt
+    from lmopt.prompt import APE, Prompt, evaluate_prompt
 
     out = {}
     for name in cfg["spread_tasks"]:
         t0 = time.perf_counter()
         task, (n_train, n_val, n_test) = _task(name, cfg)
         sp = task.split(SPREAD_SPLIT_SEED, n_train=n_train, n_val=n_val, n_test=n_test)
+        chat = not task.is_classification
+        k = cfg["spread_prompts"]
+
+        def test_score(p: Any, task: Any = task, sp: Any = sp, chat: bool = chat) -> float:
+            return evaluate_prompt(LM(local), task, p, list(sp.test), chat=chat).score
+
         rng = random.Random(f"spread:{name}")
-        prompts = [Prompt(task.instruction)] + [Prompt(task.instruction, tuple(rng.sample(list(sp.train), 2)))
-                                                for _ in range(cfg["spread_prompts"])]
-        scores = [evaluate_prompt(LM(local), task, p, list(sp.test), chat=not task.is_classification).score
-                  for p in prompts]
-        rand = scores[1:]
-        mean = statistics.mean(rand)
-        binom = max(mean * (1 - mean), 1.0 / len(sp.test)) ** 0.5 / len(sp.test) ** 0.5
-        sd = statistics.stdev(rand) if len(rand) > 1 else 0.0
-        out[name] = {"n_test": len(sp.test), "seed_prompt": scores[0], "random_prompts": rand, "sd": sd,
-                     "binomial_sd": binom, "signal": sd / binom, "headroom": max(rand) - statistics.median(rand),
+        seed_score = test_score(Prompt(task.instruction))
+        exemplar = [test_score(Prompt(task.instruction, tuple(rng.sample(list(sp.train), 2)))) for _ in range(k)]
+        ape = APE(n_subsamples=1, prompts_per_subsample=k, n_demos=3).run(
+            task, LM(local), budget=k + 1, splits=sp, evaluate_test=False, chat=chat)
+        induced = [h["prompt"]["instruction"] for h in ape.history if h["kind"] == "eval" and h["source"] == "ape"]
+        instruction = [test_score(Prompt(i)) for i in induced]
+        axes = {}
+        for axis, scores in (("exemplars", exemplar), ("instructions", instruction)):
+            if len(scores) < 2:
+                continue
+            mean = statistics.mean(scores)
+            binom = max(mean * (1 - mean), 1.0 / len(sp.test)) ** 0.5 / len(sp.test) ** 0.5
+            sd = statistics.stdev(scores)
+            axes[axis] = {"scores": scores, "sd": sd, "binomial_sd": binom, "signal": sd / binom,
+                          "best_minus_seed": max(scores) - seed_score}
+        out[name] = {"n_test": len(sp.test), "seed_prompt": seed_score, "axes": axes,
+                     "signal": max((a["signal"] for a in axes.values()), default=0.0),
                      "chance": chance_level(task, sp.test), "wall_s": time.perf_counter() - t0}
-        _log(f"  {name}: seed prompt {scores[0]:.3f}, random prompts {min(rand):.3f}-{max(rand):.3f} "
-             f"(sd {sd:.3f} vs binomial {binom:.3f})")
+        _log(f"  {name}: seed prompt {seed_score:.3f}; " + "; ".join(
+            f"{ax} {min(a['scores']):.3f}-{max(a['scores']):.3f} (signal {a['signal']:.1f})" for ax, a in axes.items()))
     return out
 
 
@@ -345,18 +360,22 @@ def _markdown(results: dict[str, Any]) -> str:
     then proposer-driven ones) and each method's best prompt on seed 0."""
     lines = []
     if results.get("spread"):
+        k = results["config"].get("spread_prompts", "?")
         lines += ["### Which tasks can separate prompt optimisers (spread stage)", "",
-                  f"Seed prompt and {results['config'].get('spread_prompts', '?')} random 2-shot prompts scored on "
-                  f"a test split of seed {SPREAD_SPLIT_SEED} (not a reported seed). signal = sd across the random "
-                  "prompts / binomial sd of one accuracy; headroom = best − median random prompt.", "",
-                  "| task | n test | chance | seed prompt | random prompts [min, max] | sd | binomial sd | signal "
-                  "| headroom |", "|---|---|---|---|---|---|---|---|---|"]
+                  f"On a split of seed {SPREAD_SPLIT_SEED} (not a reported seed): the seed prompt, {k} random 2-shot "
+                  f"exemplar sets with the seed instruction, and {k} instructions the model induced from 3 "
+                  "demonstrations (APE forward generation), each scored on the test split. signal = sd across "
+                  "the prompts of one kind / binomial sd of one accuracy (≈1: prompts differ by test noise only); "
+                  "best − seed: how far the best such prompt is above the seed prompt.", "",
+                  "| task | n test | chance | seed prompt | kind | scores [min, max] | sd | binomial sd | signal "
+                  "| best − seed |", "|---|---|---|---|---|---|---|---|---|---|"]
         for t, d in sorted(results["spread"].items(), key=lambda kv: -kv[1]["signal"]):
-            r = d["random_prompts"]
             ch = "–" if d.get("chance") is None else f"{d['chance']:.3f}"
-            lines.append(f"| {t} | {d['n_test']} | {ch} | {d['seed_prompt']:.3f} | {statistics.median(r):.3f} "
-                         f"[{min(r):.3f}, {max(r):.3f}] | {d['sd']:.3f} | {d['binomial_sd']:.3f} | "
-                         f"{d['signal']:.1f} | {d['headroom']:.3f} |")
+            for axis, a in d.get("axes", {}).items():
+                r = a["scores"]
+                lines.append(f"| {t} | {d['n_test']} | {ch} | {d['seed_prompt']:.3f} | {axis} | "
+                             f"{statistics.median(r):.3f} [{min(r):.3f}, {max(r):.3f}] | {a['sd']:.3f} | "
+                             f"{a['binomial_sd']:.3f} | {a['signal']:.1f} | {a['best_minus_seed']:+.3f} |")
         lines.append("")
     for task, d in results["tasks"].items():
         n = d.get("n")
