@@ -446,12 +446,15 @@ def _combine(args: Any, paths: list[str]) -> None:
         else:  # per-run records of an interrupted run
             results["config"] = data["config"]
             results["partial"] = True
+            if data.get("spread"):
+                results["spread"] = data["spread"]
             metas = data.get("task_meta", {})
             tasks = {t: (ms, {"evals": data["config"]["evals"], **metas.get(t, {})}) for t, ms in data["runs"].items()}
-        for task, (methods, meta) in tasks.items():
-            rows = {m: _row(runs) for m, runs in methods.items() if runs}
-            _vs_random(rows)
-            results["tasks"][task] = {**meta, "methods": rows}
+        for task, (methods, meta) in tasks.items():  # runs of the same task from several files are merged
+            entry = results["tasks"].setdefault(task, {**meta, "methods": {}})
+            entry["methods"].update({m: _row(runs) for m, runs in methods.items() if runs})
+    for entry in results["tasks"].values():
+        _vs_random(entry["methods"])
     _plots(results, args.out)
     (Path(args.out) / "prompt_opt.md").write_text(_markdown(results))
     summary = {"combined": len(paths),
@@ -470,6 +473,8 @@ def _write_partial(out: str, results: dict[str, Any], task: str, meta: dict[str,
     part = read_json(path, {"config": results["config"], "runs": {}})
     part["runs"].setdefault(task, {})[method] = runs
     part.setdefault("task_meta", {})[task] = meta
+    if results.get("spread"):
+        part["spread"] = results["spread"]
     write_json_atomic(path, part)
 
 

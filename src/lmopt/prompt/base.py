@@ -221,7 +221,7 @@ class RunContext:
         key = prompt_key(prompt)
         if key in self.scores:
             return self.scores[key]
-        if self.sample_examples_left < len(self.splits.validation):  # what sampled evaluations left is too little
+        if self.sample_examples_left < len(self.splits.validation):  # a full evaluation no longer fits
             raise StopRun("evaluation budget spent")
         res = self._journaled_eval("val:" + key, prompt, self.splits.validation)
         self.evaluations_used += 1
@@ -232,7 +232,7 @@ class RunContext:
             self.best = (score, prompt)
         self.log("eval", prompt=prompt.to_dict(), val_score=score, source=source, **info)
         self.tick(f"{self.method}: eval {self.evaluations_used}/{self.budget.evaluations} "
-                   f"score {score:.3f} best {self.best[0]:.3f}")
+                  f"score {score:.3f} best {self.best[0]:.3f}")
         return score
 
     @property
