@@ -441,7 +441,8 @@ def _combine(args: Any, paths: list[str]) -> None:
             results["config"] = res["config"]
             results.update({k: res[k] for k in ("throughput", "expo", "spread") if k in res})
             tasks = {t: ({m: r["runs"] for m, r in d["methods"].items()},
-                         {"evals": res["config"]["evals"], **{k: d[k] for k in ("n", "mode", "evals") if k in d}})
+                         {"evals": res["config"]["evals"],
+                          **{k: d[k] for k in ("n", "mode", "evals", "chance", "resampled_splits") if k in d}})
                      for t, d in res["tasks"].items()}
         else:  # per-run records of an interrupted run
             results["config"] = data["config"]
