@@ -1,7 +1,13 @@
 """Prompt optimisers side by side at the same budget of task-LM evaluations (SmolLM2-135M-Instruct).
 
-``python -m benchmarks.prompt_opt [--quick] [--out DIR] [--seeds N] [--evals B] [--initial K] [--tasks a,b]
-[--methods m,n] [--model ID] [--device D] [--no-expo | --expo-only]``, or ``--combine JSON... --out DIR``
+``python -m benchmarks.prompt_opt [--quick] [--out DIR] [--seeds N] [--evals B] [--initial K] [--tasks auto|a,b]
+[--max-tasks N] [--methods m,n] [--fixed-split] [--model ID] [--device D] [--no-expo | --expo-only]``, or
+``--combine JSON... --out DIR``
+
+A spread stage first scores random exemplar sets and model-induced instructions on each candidate task (on a
+split no reported seed uses) and, with ``--tasks auto``, keeps the tasks whose prompts differ beyond binomial
+test noise. Validation and test examples are resampled per seed; each method is compared with random search
+and with the seed prompt by paired differences with 95% t-intervals over the seeds.
 
 For every task and seed, each method gets the same number of prompt evaluations on the validation split
 (the seed prompt's evaluation included); the best prompt's test score is compared with the seed prompt's.
