@@ -107,6 +107,24 @@ def median_spread(values: Sequence[float]) -> dict[str, float]:
     return {"median": statistics.median(vals), "min": min(vals), "max": max(vals), "n": len(vals)}
 
 
+def t_975(df: int) -> float:
+    """The two-sided 95% Student-t quantile for ``df`` degrees of freedom."""
+    from scipy.stats import t
+
+    return float(t.ppf(0.975, df))
+
+
+def paired_difference(diffs: Sequence[float]) -> dict[str, Any]:
+    """Mean of per-seed paired differences, the half-width ``ci95`` of its 95% t-interval (None for one seed)
+    and ``beyond_noise``: whether the interval excludes 0."""
+    n = len(diffs)
+    mean = statistics.fmean(diffs)
+    if n < 2:
+        return {"mean": mean, "ci95": None, "n": n, "beyond_noise": None}
+    half = t_975(n - 1) * statistics.stdev(diffs) / n ** 0.5
+    return {"mean": mean, "ci95": half, "n": n, "beyond_noise": abs(mean) > half > 0}
+
+
 def write_result(args: argparse.Namespace, results: dict[str, Any], summary: dict[str, Any]) -> Path:
     """Write ``OUT/NAME.json`` atomically and print the one-line JSON summary (last stdout line)."""
     out = Path(args.out)

@@ -30,7 +30,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import median_spread, parse_args, save_plot, write_result
+from benchmarks._common import median_spread, paired_difference, parse_args, save_plot, t_975, write_result
+from lmopt._report import chance_level, noise_level
 
 # Each task: loader name + kwargs, split sizes (train, validation, test) and, for generation, new tokens.
 TASKS: dict[str, dict[str, Any]] = {
@@ -145,7 +146,6 @@ def prompt_spread(local: Any, cfg: dict[str, Any]) -> dict[str, Any]:
     test noise, and optimisers searching them cannot be told apart on the task."""
     import random
 
-    from lmopt._report import chance_level
     from lmopt.lm import LM
     from lmopt.prompt import APE, Prompt, evaluate_prompt
 
@@ -171,8 +171,7 @@ def prompt_spread(local: Any, cfg: dict[str, Any]) -> dict[str, Any]:
         for axis, scores in (("exemplars", exemplar), ("instructions", instruction)):
             if len(scores) < 2:
                 continue
-            mean = statistics.mean(scores)
-            binom = max(mean * (1 - mean), 1.0 / len(sp.test)) ** 0.5 / len(sp.test) ** 0.5
+            binom = noise_level(statistics.mean(scores), len(sp.test))
             sd = statistics.stdev(scores)
             axes[axis] = {"scores": scores, "sd": sd, "binomial_sd": binom, "signal": sd / binom,
                           "best_minus_seed": max(scores) - seed_score}
@@ -192,31 +191,12 @@ def choose_tasks(spread: dict[str, Any], max_tasks: int) -> list[str]:
     return ranked[:max_tasks]
 
 
-def t_quantile(df: int) -> float:
-    """The two-sided 95% Student-t quantile."""
-    from scipy.stats import t
-
-    return float(t.ppf(0.975, df))
-
-
-def paired_power(diffs: list[float]) -> dict[str, Any]:
-    """Mean of per-seed differences and the smallest mean difference a paired t-test over these seeds detects
-    at 95% (half-width of the confidence interval); ``beyond_noise`` when the mean exceeds it."""
-    n = len(diffs)
-    mean = statistics.mean(diffs)
-    if n < 2:
-        return {"mean": mean, "n": n, "mdd": None, "beyond_noise": None}
-    mdd = t_quantile(n - 1) * statistics.stdev(diffs) / n ** 0.5
-    return {"mean": mean, "n": n, "mdd": mdd, "beyond_noise": abs(mean) > mdd and mdd > 0}
-
-
 def prior_mdd(p: float, n_test: int, seeds: int) -> float | None:
     """Before running: the smallest mean difference detectable over ``seeds`` paired runs if the only noise were
     the binomial test noise of two independent accuracies near ``p`` on ``n_test`` examples (None for 1 seed)."""
     if seeds < 2:
         return None
-    sd_diff = (2 * max(p * (1 - p), 1.0 / n_test) / n_test) ** 0.5
-    return t_quantile(seeds - 1) * sd_diff / seeds ** 0.5
+    return t_975(seeds - 1) * 2 ** 0.5 * noise_level(p, n_test) / seeds ** 0.5
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -265,7 +245,6 @@ def main(argv: list[str] | None = None) -> None:
     seeds = args.seeds or cfg["seeds"]
     if args.combine:
         return _combine(args, args.combine)
-    from lmopt._report import chance_level
     from lmopt.lm import LM, CallCache, LocalLM
 
     t_all = time.perf_counter()
@@ -344,7 +323,7 @@ def _row(runs: list[dict[str, Any]]) -> dict[str, Any]:
     keys = ("val", "test", "calls", "tokens", "wall_s")
     gains = [r["test"] - r["seed_test"] for r in runs]
     return {"runs": runs, **{k: median_spread([r[k] for r in runs]) for k in keys},
-            "gain_vs_seed": {**median_spread(gains), "paired": paired_power(gains)}}
+            "gain_vs_seed": {**median_spread(gains), "paired": paired_difference(gains)}}
 
 
 def _vs_random(rows: dict[str, Any]) -> None:
@@ -358,7 +337,7 @@ def _vs_random(rows: dict[str, Any]) -> None:
         row["wall_ratio_vs_random"] = row["wall_s"]["median"] / max(1e-9, base["wall_s"]["median"])
         diffs = [r["test"] - base_test[r["seed"]] for r in row["runs"] if r["seed"] in base_test]
         row["vs_random_same_seed"] = {"wins": sum(d > 1e-9 for d in diffs), "ties": sum(abs(d) <= 1e-9 for d in diffs),
-                                      "losses": sum(d < -1e-9 for d in diffs), "paired": paired_power(diffs)}
+                                      "losses": sum(d < -1e-9 for d in diffs), "paired": paired_difference(diffs)}
 
 
 def _markdown(results: dict[str, Any]) -> str:
@@ -427,9 +406,9 @@ def _pm(paired: dict[str, Any] | None) -> str:
     """``+0.050 ± 0.031 ✓`` (mean paired difference, 95% half-width, beyond it) or the mean alone."""
     if not paired:
         return "–"
-    if paired.get("mdd") is None:
+    if paired.get("ci95") is None:
         return f"{paired['mean']:+.3f}"
-    return f"{paired['mean']:+.3f} ± {paired['mdd']:.3f}" + (" ✓" if paired["beyond_noise"] else "")
+    return f"{paired['mean']:+.3f} ± {paired['ci95']:.3f}" + (" ✓" if paired["beyond_noise"] else "")
 
 
 def _combine(args: Any, paths: list[str]) -> None:

@@ -31,7 +31,15 @@ from typing import Any
 
 import torch
 
-from benchmarks._common import grid_choice, median_spread, parse_args, save_plot, tuning_and_report_seeds, write_result
+from benchmarks._common import (
+    grid_choice,
+    median_spread,
+    paired_difference,
+    parse_args,
+    save_plot,
+    tuning_and_report_seeds,
+    write_result,
+)
 from lmopt.rl.addition import AdditionConfig, run_addition
 
 ARMS: dict[str, dict[str, Any]] = {
@@ -41,7 +49,6 @@ ARMS: dict[str, dict[str, Any]] = {
     "copo": {"method": "copo", "copo_preset": "released"},
 }
 LR_GRID = [1e-5, 3e-5, 1e-4]
-T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
 def steps_to_reach(steps: list[int], acc: list[float], threshold: float) -> float:
@@ -49,16 +56,6 @@ def steps_to_reach(steps: list[int], acc: list[float], threshold: float) -> floa
         if a >= threshold:
             return float(s)
     return math.inf
-
-
-def paired(diffs: list[float]) -> dict[str, float]:
-    """Mean of per-seed paired differences with a 95% t-interval half-width (nan for one seed)."""
-    n = len(diffs)
-    mean = statistics.fmean(diffs)
-    if n < 2:
-        return {"mean": mean, "ci95": math.nan, "n": n}
-    half = T_975.get(n - 1, 1.96) * statistics.stdev(diffs) / math.sqrt(n)
-    return {"mean": mean, "ci95": half, "n": n}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -107,7 +104,8 @@ def main(argv: list[str] | None = None) -> None:
             "initial_test_accuracy": median_spread([r["summary"]["initial_test_accuracy"] for r in rs]),
             "gain": median_spread([r["summary"]["final_test_accuracy"] - r["summary"]["initial_test_accuracy"]
                                    for r in rs]),
-            "diff_to_grpo": paired([f - g["summary"]["final_test_accuracy"] for f, g in zip(finals, runs["grpo"])]),
+            "diff_to_grpo": paired_difference([f - g["summary"]["final_test_accuracy"]
+                                               for f, g in zip(finals, runs["grpo"])]),
             "steps_to_grpo_final": median_spread(reach),
             "seeds_reaching_grpo_final": sum(math.isfinite(x) for x in reach),
             "zero_var_group_frac": median_spread([r["summary"]["zero_var_group_frac"] for r in rs]),

@@ -108,7 +108,9 @@ def documents(root: Path = ROOT) -> list[Path]:
 def _cold_call_cache(tmp: Path) -> Path:
     """An lmopt cache folder without the LM call cache: the converted model files are shared with the user's
     cache (converting them is a one-off), but every LM call of an example is made afresh, as on first use."""
-    real = Path(os.environ.get("LMOPT_CACHE") or Path.home() / ".cache" / "lmopt")
+    from lmopt.assets import cache_dir
+
+    real = cache_dir()
     cache = tmp / "lmopt-cache"
     cache.mkdir()
     if real.is_dir():
