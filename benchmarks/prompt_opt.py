@@ -51,15 +51,17 @@ TASKS: dict[str, dict[str, Any]] = {
 }
 SPREAD_TASKS = ["first_letter", "last_letter", "second_letter", "word_length"]
 SPREAD_SPLIT_SEED = 1000  # the spread that picks the tasks is measured on a split no reported seed uses
-POOL_METHODS, PROPOSER_METHODS = ("random", "ease", "instinct"), ("ape", "opro", "spo")
+POOL_METHODS, PROPOSER_METHODS = ("random", "ease", "ease_released", "instinct"), ("ape", "opro", "spo")
+POOL_STAGE_METHODS = ("random", "ease")  # the fixed-pool stage: methods that can search one shared pool
 DEFAULTS = {"evals": 30, "seeds": 5, "n_initial": 8, "train_steps": 200, "tasks": "auto", "max_tasks": 1,
             "spread_tasks": SPREAD_TASKS, "spread_prompts": 8, "methods": ["random", "ape", "opro", "ease",
-                                                                            "instinct", "spo"],
+                                                                            "ease_released", "instinct", "spo"],
             "expo_horizon": 10, "throughput_n": 24, "embedder": "minilm", "split_override": None,
-            "resample_splits": True}
+            "resample_splits": True, "pool_seeds": 10, "pool_candidates": 100, "pool_universe": (100, 200)}
 QUICK = {**DEFAULTS, "evals": 3, "seeds": 1, "tasks": ["tweets"], "methods": ["random", "ease"], "n_initial": 1,
          "train_steps": 50, "expo_horizon": 0, "throughput_n": 8, "embedder": "hash", "split_override": (12, 4, 6),
-         "spread_tasks": ["first_letter"], "spread_prompts": 2}
+         "spread_tasks": ["first_letter"], "spread_prompts": 2, "pool_seeds": 2, "pool_candidates": 4,
+         "pool_universe": (6, 8)}
 
 
 def _log(msg: str) -> None:
@@ -87,9 +89,82 @@ def _method(name: str, cfg: dict[str, Any]):
         "ape": lambda: P.APE(n_subsamples=1, prompts_per_subsample=b, n_demos=3),
         "opro": lambda: P.OPRO(proposals_per_step=2, max_failed_steps=2),
         "ease": lambda: P.EASE(n_shots=2, n_candidates=200, n_initial=k, train_steps=ts, embedder=cfg["embedder"]),
+        "ease_released": lambda: P.EASE(n_shots=2, search="released", n_initial=k, train_steps=ts,
+                                        embedder=cfg["embedder"]),
         "instinct": lambda: P.INSTINCT(n_candidates=b + 2, n_initial=k, train_steps=ts, embedder=cfg["embedder"]),
         "spo": lambda: P.SPO(rounds=b, n_questions=3),
     }[name]()
+
+
+def _run_one(opt: Any, task: Any, lm: Any, budget: int, seed: int, splits: Any, chat: bool) -> dict[str, Any]:
+    """One (method, seed) run and the numbers the report keeps of it."""
+    t0 = time.perf_counter()
+    res = opt.run(task, lm, budget=budget, seed=seed, splits=splits, chat=chat)
+    u = res.usage.get("total", {})
+    return {"seed": seed, "val": res.val_score, "test": res.test_score, "seed_val": res.seed_val_score,
+            "seed_test": res.seed_test_score, "evaluations": res.n_evaluations, "calls": u.get("calls", 0),
+            "cached_calls": u.get("cached_calls", 0), "tokens": u.get("total_tokens", 0), "usage": res.usage,
+            "wall_s": time.perf_counter() - t0, "stop": res.stop_reason, "parse_failures": res.parse_failures,
+            "best_prompt": res.best_prompt.to_dict()}
+
+
+def _brief(run: dict[str, Any]) -> str:
+    return (f"val {run['val']:.3f} test {run['test']} (seed prompt {run['seed_test']}) calls {run['calls']} "
+            f"cached {run['cached_calls']} {run['wall_s']:.0f}s")
+
+
+def pool_splits(task: Any, sizes: tuple[int, int, int], universe: tuple[int, int], seeds: int) -> dict[int, Any]:
+    """One training split for every seed (so one candidate pool indexes the same exemplars) and per seed a
+    validation / test sample from fixed universes of ``universe`` examples: a prompt scored on an example
+    once is a cache hit for every later seed."""
+    import random
+
+    from lmopt.data.task import Splits
+
+    n_train, n_val, n_test = sizes
+    if n_val > universe[0] or n_test > universe[1]:
+        raise ValueError(f"validation/test sizes {n_val}/{n_test} exceed the universes {universe}")
+    base = task.split(0, n_train=n_train, n_val=universe[0], n_test=universe[1])
+    out = {}
+    for s in range(seeds):
+        rng = random.Random(f"pool-stage:{s}")
+        out[s] = Splits(base.train, rng.sample(base.validation, n_val), rng.sample(base.test, n_test))
+    return out
+
+
+def pool_stage(local: Any, cfg: dict[str, Any], tname: str, tmp: Path, out: str,
+               results: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """Random search and EASE over one fixed pool of ``pool_candidates`` exemplar sets (``pool_seed=0``) for
+    ``pool_seeds`` seeds, one call cache shared by all runs: later seeds cost few fresh model calls."""
+    from lmopt import prompt as P
+    from lmopt.lm import LM, CallCache
+
+    task, sizes = _task(tname, cfg)
+    seeds, n_cand = cfg["pool_seeds"], cfg["pool_candidates"]
+    split_of = pool_splits(task, sizes, tuple(cfg["pool_universe"]), seeds)
+    chat = not task.is_classification
+    key = f"{tname}, fixed pool"
+    meta = {"n": list(sizes), "mode": "score" if task.is_classification else "generate (chat)",
+            "evals": cfg["evals"], "resampled_splits": True, "fixed_pool": {
+                "candidates": n_cand, "pool_seed": 0, "val_universe": cfg["pool_universe"][0],
+                "test_universe": cfg["pool_universe"][1], "shared_cache": True},
+            "chance": statistics.mean(chance_level(task, sp.test) or 0.0 for sp in split_of.values())
+            if task.is_classification else None}
+    make = {"random": lambda: P.RandomSearch(n_shots=2, n_candidates=n_cand, pool_seed=0),
+            "ease": lambda: P.EASE(n_shots=2, n_candidates=n_cand, pool_seed=0, n_initial=cfg["n_initial"],
+                                   train_steps=cfg["train_steps"], embedder=cfg["embedder"])}
+    cache = CallCache(tmp / f"calls-{tname}-pool.sqlite")
+    rows: dict[str, Any] = {}
+    for m in POOL_STAGE_METHODS:
+        runs = []
+        for s in range(seeds):
+            runs.append(_run_one(make[m](), task, LM(local, cache=cache), cfg["evals"], s, split_of[s], chat))
+            _log(f"{key} {m} seed {s}: {_brief(runs[-1])}")
+            _write_partial(out, results, key, meta, m, runs)
+        rows[m] = _row(runs)
+    cache.close()
+    _vs_random(rows)
+    return key, {**meta, "methods": rows}
 
 
 def throughput(local: Any, cfg: dict[str, Any]) -> dict[str, Any]:
@@ -214,6 +289,9 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--fixed-split", action="store_true",
                        help="one validation/test split for every seed (default: resampled per seed)")
         p.add_argument("--methods", default=None, help="comma-separated method names")
+        p.add_argument("--pool-seeds", type=int, default=None,
+                       help="seeds of the fixed-pool stage (random search and EASE over one pool, one shared call "
+                            "cache; default 10, quick 2; 0 skips it)")
         p.add_argument("--no-expo", action="store_true", help="skip the EXPO bandit part")
         p.add_argument("--expo-only", action="store_true", help="only the EXPO bandit part")
         p.add_argument("--combine", nargs="+", default=None, metavar="JSON",
@@ -228,6 +306,8 @@ def main(argv: list[str] | None = None) -> None:
         cfg["resample_splits"] = False
     if args.evals:
         cfg["evals"] = args.evals
+    if args.pool_seeds is not None:
+        cfg["pool_seeds"] = args.pool_seeds
     if args.initial:
         cfg["n_initial"] = args.initial
     if args.tasks:
@@ -275,24 +355,17 @@ def main(argv: list[str] | None = None) -> None:
         for m in cfg["methods"]:
             runs = []
             for s in range(seeds):
-                t0 = time.perf_counter()
                 cache = CallCache(Path(tmp) / f"calls-{tname}-{m}-{s}.sqlite")  # own accounting per run
-                res = _method(m, cfg).run(task, LM(local, cache=cache), budget=cfg["evals"], seed=s,
-                                          splits=split_of[s], chat=chat)
+                runs.append(_run_one(_method(m, cfg), task, LM(local, cache=cache), cfg["evals"], s, split_of[s], chat))
                 cache.close()
-                u = res.usage.get("total", {})
-                runs.append({"seed": s, "val": res.val_score, "test": res.test_score, "seed_val": res.seed_val_score,
-                             "seed_test": res.seed_test_score, "evaluations": res.n_evaluations,
-                             "calls": u.get("calls", 0), "cached_calls": u.get("cached_calls", 0),
-                             "tokens": u.get("total_tokens", 0), "usage": res.usage, "wall_s": time.perf_counter() - t0,
-                             "stop": res.stop_reason, "parse_failures": res.parse_failures,
-                             "best_prompt": res.best_prompt.to_dict()})
-                _log(f"{tname} {m} seed {s}: val {res.val_score:.3f} test {res.test_score} (seed prompt "
-                     f"{res.seed_test_score}) calls {runs[-1]['calls']} {runs[-1]['wall_s']:.0f}s")
+                _log(f"{tname} {m} seed {s}: {_brief(runs[-1])}")
                 _write_partial(args.out, results, tname, meta, m, runs)
             rows[m] = _row(runs)
         _vs_random(rows)
         results["tasks"][tname] = {**meta, "methods": rows}
+    for tname in list(cfg["tasks"]) if cfg["pool_seeds"] else []:
+        key, entry = pool_stage(local, cfg, tname, Path(tmp), args.out, results)
+        results["tasks"][key] = entry
     if not args.expo_only:
         _log("evaluator throughput ...")
         results["throughput"] = throughput(local, cfg)
@@ -377,6 +450,14 @@ def _markdown(results: dict[str, Any]) -> str:
                       "the half-width of its 95% t-interval over the seeds (✓: beyond it)."
                       + (" Validation and test examples are resampled per seed." if d.get("resampled_splits")
                          else ""), ""]
+        if d.get("fixed_pool"):
+            fp = d["fixed_pool"]
+            calls = {m: [r["calls"] for r in row["runs"]] for m, row in d["methods"].items()}
+            lines += [f"Fixed pool: every run searches the same {fp['candidates']} 2-shot exemplar sets (pool seed "
+                      f"{fp['pool_seed']}) over one training split; validation and test examples are drawn per seed "
+                      f"from fixed universes of {fp['val_universe']} and {fp['test_universe']} examples, and all "
+                      "runs share one call cache, so a seed re-scores little: fresh LM calls per run, in seed order: "
+                      + "; ".join(f"{m} {', '.join(str(c) for c in cs)}" for m, cs in calls.items()) + ".", ""]
         lines += ["| method | kind | seeds | test median [min, max] | seed-prompt test | mean Δ vs seed prompt "
                   "| mean Δ vs random | W/T/L vs random | val median | fresh LM calls | wall s |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -427,7 +508,8 @@ def _combine(args: Any, paths: list[str]) -> None:
             results.update({k: res[k] for k in ("throughput", "expo", "spread") if k in res})
             tasks = {t: ({m: r["runs"] for m, r in d["methods"].items()},
                          {"evals": res["config"]["evals"],
-                          **{k: d[k] for k in ("n", "mode", "evals", "chance", "resampled_splits") if k in d}})
+                          **{k: d[k] for k in ("n", "mode", "evals", "chance", "resampled_splits", "fixed_pool")
+                             if k in d}})
                      for t, d in res["tasks"].items()}
         else:  # per-run records of an interrupted run
             results["config"] = data["config"]

@@ -16,6 +16,7 @@ from ..data.task import Example
 from .base import Optimizer, RunContext, StopRun, prompt_key, prompt_text
 from .evaluator import Prompt
 from .features import as_matrix, embedder_identity, resolve_embedder
+from .transport import exemplar_ot_costs
 
 
 def _check_int(name: str, v: Any, lo: int = 0) -> None:
@@ -60,19 +61,49 @@ def generate_instructions(ctx: RunContext, n: int, *, n_demos: int = 5, per_call
     return list(seen)[:n]
 
 
+def pool_rng(pool_seed: int) -> np.random.Generator:
+    """The generator of a fixed candidate pool: the same for every run seed (EASE and random search share it,
+    so with the same ``pool_seed`` they search the same candidates)."""
+    return np.random.default_rng([pool_seed, 0xEA5E])
+
+
+def draw_exemplar_pool(rng: np.random.Generator, n_train: int, n_shots: int, n: int,
+                       n_instr: int) -> list[tuple[int, tuple[int, ...]]]:
+    """Up to ``n`` distinct (instruction index, ordered ``n_shots`` training indices) candidates."""
+    seen: dict[tuple[int, tuple[int, ...]], None] = {}
+    tries = 0
+    while len(seen) < n and tries < 20 * n:
+        tries += 1
+        idx = tuple(int(i) for i in rng.choice(n_train, n_shots, replace=False))
+        seen.setdefault((int(rng.integers(n_instr)), idx), None)
+    return list(seen)
+
+
 class RandomSearch(Optimizer):
     """Random search baseline: random ordered ``n_shots`` exemplar sets from the training split, each with
     an instruction drawn uniformly from ``instructions`` (default: the seed instruction only). The
-    baseline of EASE (arXiv 2405.16122, §5) and of most prompt-optimisation papers."""
+    baseline of EASE (arXiv 2405.16122, §5) and of most prompt-optimisation papers.
+
+    With ``pool_seed`` the candidates are a fixed pool of ``n_candidates`` drawn from that seed — the same
+    pool as ``EASE(pool_seed=...)`` with the same ``n_shots`` and ``n_candidates`` (EASE's best-of-N baseline
+    over one domain) — visited in the run seed's random order; the run seed then changes only the order and,
+    where the splits are resampled, the examples, so a shared call cache makes further seeds cheap."""
 
     name = "random"
     paper = "baseline (e.g. EASE arXiv 2405.16122 §5)"
 
-    def __init__(self, n_shots: int = 5, instructions: list[str] | None = None) -> None:
+    def __init__(self, n_shots: int = 5, instructions: list[str] | None = None, n_candidates: int = 1000,
+                 pool_seed: int | None = None) -> None:
         _check_int("n_shots", n_shots)
+        _check_int("n_candidates", n_candidates, 1)
         if n_shots == 0 and not instructions:
             raise ValueError("random search needs something to search: n_shots >= 1 or a list of instructions")
-        super().__init__(n_shots=n_shots, instructions=list(instructions or []))
+        if pool_seed is not None:
+            _check_int("pool_seed", pool_seed)
+            if n_shots == 0:
+                raise ValueError("pool_seed draws a pool of exemplar sets: it needs n_shots >= 1")
+        super().__init__(n_shots=n_shots, instructions=list(instructions or []), n_candidates=n_candidates,
+                         pool_seed=pool_seed)
 
     def _optimize(self, ctx: RunContext) -> None:
         rng = ctx.rng("random")
@@ -81,6 +112,13 @@ class RandomSearch(Optimizer):
         if k > len(pool):
             raise ValueError(f"n_shots={k} exceeds the {len(pool)} training examples; raise split n_train")
         instr = [ctx.task.instruction, *self.hparams["instructions"]]
+        if self.hparams["pool_seed"] is not None:  # a fixed pool, visited in this run's random order
+            cands = draw_exemplar_pool(pool_rng(self.hparams["pool_seed"]), len(pool), k,
+                                       self.hparams["n_candidates"], len(instr))
+            for c in rng.permutation(len(cands)):
+                j, idx = cands[int(c)]
+                ctx.evaluate(Prompt(instr[j], tuple(pool[i] for i in idx)), source="random")
+            raise StopRun("every candidate of the pool was evaluated")
         stale = 0
         while stale < 50:
             p = Prompt(instr[int(rng.integers(len(instr)))], _sample_exemplars(rng, pool, k) if k else ())
@@ -300,25 +338,6 @@ def neural_bandit_search(ctx: RunContext, candidates: list[Prompt], features: np
         chosen.append(i)
 
 
-def ot_distances(cand_idx: np.ndarray, pool_emb: np.ndarray, val_emb: np.ndarray, reg: float = 0.05,
-                 iters: int = 200) -> np.ndarray:
-    """Entropic optimal-transport cost (Sinkhorn, uniform marginals, cosine cost) between each candidate's
-    exemplar embeddings (rows of ``pool_emb`` picked by ``cand_idx``, shape (N, k)) and the validation set."""
-    pool_n = pool_emb / np.maximum(np.linalg.norm(pool_emb, axis=1, keepdims=True), 1e-12)
-    val_n = val_emb / np.maximum(np.linalg.norm(val_emb, axis=1, keepdims=True), 1e-12)
-    C_all = 1.0 - pool_n @ val_n.T  # (P, m)
-    C = C_all[cand_idx]  # (N, k, m)
-    N, k, m = C.shape
-    K = np.exp(-C / reg)
-    a, b = np.full((N, k), 1.0 / k), np.full((N, m), 1.0 / m)
-    u = np.ones((N, k))
-    for _ in range(iters):
-        v = b / np.maximum(np.einsum("nkm,nk->nm", K, u), 1e-300)
-        u = a / np.maximum(np.einsum("nkm,nm->nk", K, v), 1e-300)
-    P = u[:, :, None] * K * v[:, None, :]
-    return (P * C).sum(axis=(1, 2))
-
-
 class EASE(Optimizer):
     """EASE — Efficient ordering-Aware automated Selection of Exemplars (Wu et al., NeurIPS 2024,
     arXiv 2405.16122, Alg. 1).
@@ -330,12 +349,26 @@ class EASE(Optimizer):
     instruction is always embedded, since it is part of what is searched) by a sentence embedder (paper:
     all-mpnet-base-v2; default here: the embedded all-MiniLM-L6-v2, which reads at most 256 word pieces:
     later exemplars of a long candidate are cut off, and order changes move the embedding little).
-    ``n_candidates`` random candidates are drawn once; with ``ot_filter`` only the ``ot_keep`` with the
-    smallest optimal-transport distance to the validation inputs are kept (the paper's OT pre-filter; the
-    released code keeps it on, matches inputs and outputs, keeps the top 2% of a fresh pool each round and
-    solves the transport exactly: not reproduced here). Then :class:`~lmopt.bandits.NeuralUCB`
-    (3×100 ReLU MLP re-trained each round for 1000 Adam steps at lr 1e-3; λ = 0.1, ν = 0.01) selects
-    which to evaluate after ``n_initial`` random ones (paper: 40 of 165).
+    :class:`~lmopt.bandits.NeuralUCB` (3×100 ReLU MLP re-trained each round for 1000 Adam steps at lr 1e-3;
+    λ = 0.1, ν = 0.01 as in the released run script) chooses what to evaluate after ``n_initial`` random
+    candidates (paper: 40 of 165).
+
+    Where the candidates come from (``search``):
+
+    * ``"released"`` — the authors' loop: every round draws ``pool_batches`` (20) batches of
+      ``pool_batch_size`` (2500) fresh random ordered subsets; in each batch the ``batch_keep`` (50) with the
+      smallest optimal-transport cost to the validation set are kept (exact OT, uniform weights, cost
+      1 − cosine between the embeddings of single "Input/Output" exemplars and of the validation examples
+      with their answers; :mod:`lmopt.prompt.transport`), the kept ones are embedded, and the one with the
+      largest UCB over all batches is evaluated. The search stops once a candidate scores 1.0 on
+      validation, as the released code does. A candidate already evaluated is skipped (the released code
+      could pick it again; among ~10⁹ ordered subsets this is rare). Each round costs 50,000 small OT
+      problems (≈7 s on one CPU core) and 1000 embeddings.
+    * ``"pool"`` (default) — ``n_candidates`` random candidates are drawn once (with ``pool_seed`` set, the
+      same pool for every run seed: the call cache then makes further seeds cheap), optionally reduced by
+      the same OT cost to the ``ot_keep`` best (``ot_filter=True``), and the bandit picks among them. It is
+      the default because the released loop's per-round OT and embedding work (above) exceeds the model
+      time of an evaluation on small CPU budgets; the pool is the paper's Alg. 1 with a fixed domain.
     """
 
     name = "ease"
@@ -345,56 +378,126 @@ class EASE(Optimizer):
                  ot_keep: int = 200, joint: bool = False, instructions: list[str] | None = None,
                  n_instructions: int = 10, embedder: Any = "minilm", lam: float = 0.1, nu: float = 0.01,
                  train_steps: int = 1000, lr: float = 1e-3, hidden: int = 100, hidden_layers: int = 3,
-                 embed_instruction: bool = False) -> None:
+                 embed_instruction: bool = False, search: str = "pool", pool_batches: int = 20,
+                 pool_batch_size: int = 2500, batch_keep: int = 50, pool_seed: int | None = None) -> None:
         _check_int("n_shots", n_shots, 1)
         _check_int("n_candidates", n_candidates, 1)
         _check_int("n_initial", n_initial)
         _check_int("ot_keep", ot_keep, 1)
+        if search not in ("pool", "released"):
+            raise ValueError(f"search must be 'pool' or 'released', got {search!r}")
+        for k, v in (("pool_batches", pool_batches), ("pool_batch_size", pool_batch_size),
+                     ("batch_keep", batch_keep)):
+            _check_int(k, v, 1)
+        if batch_keep > pool_batch_size:
+            raise ValueError(f"batch_keep={batch_keep} exceeds pool_batch_size={pool_batch_size}")
+        if pool_seed is not None:
+            _check_int("pool_seed", pool_seed)
         self.embedder = embedder
         super().__init__(n_shots=n_shots, n_candidates=n_candidates, n_initial=n_initial, ot_filter=ot_filter,
                          ot_keep=ot_keep, joint=joint, instructions=list(instructions or []),
                          n_instructions=n_instructions, embedder=embedder_identity(embedder), lam=lam, nu=nu,
                          train_steps=train_steps, lr=lr, hidden=hidden, hidden_layers=hidden_layers,
-                         embed_instruction=embed_instruction)
+                         embed_instruction=embed_instruction, search=search, pool_batches=pool_batches,
+                         pool_batch_size=pool_batch_size, batch_keep=batch_keep, pool_seed=pool_seed)
+
+    def _texts(self, ctx: RunContext, cands: list[Prompt]) -> list[str]:
+        if self.hparams["embed_instruction"] or self.hparams["joint"]:
+            return [prompt_text(ctx.task, c) for c in cands]
+        return [ctx.task.format_exemplars(c.exemplars).strip() for c in cands]  # exemplars only, as released
+
+    def _ot_embeddings(self, ctx: RunContext, embed: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Embeddings of each training example and each validation example as a one-exemplar string."""
+        one = [ctx.task.format_exemplars((e,)).strip() for e in ctx.splits.train]
+        val = [ctx.task.format_exemplars((e,)).strip() for e in ctx.splits.validation]
+        return as_matrix(embed(one), len(one)), as_matrix(embed(val), len(val))
 
     def _optimize(self, ctx: RunContext) -> None:
         h = self.hparams
         pool = ctx.splits.train
         if h["n_shots"] > len(pool):
             raise ValueError(f"n_shots={h['n_shots']} exceeds the {len(pool)} training examples; raise n_train")
-        rng = ctx.rng("ease-candidates")
         instr = [ctx.task.instruction]
         if h["joint"]:
             instr += h["instructions"] or generate_instructions(ctx, h["n_instructions"], stream="ease-instr")
-        seen: dict[tuple, None] = {}
-        idx_rows = []
-        tries = 0
-        while len(seen) < h["n_candidates"] and tries < 20 * h["n_candidates"]:
-            tries += 1
-            idx = tuple(int(i) for i in rng.choice(len(pool), h["n_shots"], replace=False))
-            j = int(rng.integers(len(instr)))
-            if (j, idx) not in seen:
-                seen[(j, idx)] = None
-                idx_rows.append((j, idx))
         embed = resolve_embedder(self.embedder)
+        if h["search"] == "released":
+            self._released(ctx, instr, embed)
+            return
+        rng = ctx.rng("ease-candidates") if h["pool_seed"] is None else pool_rng(h["pool_seed"])
+        idx_rows = draw_exemplar_pool(rng, len(pool), h["n_shots"], h["n_candidates"], len(instr))
         if h["ot_filter"] and len(idx_rows) > h["ot_keep"]:
-            pool_emb = as_matrix(embed([e.input for e in pool]), len(pool))
-            val_emb = as_matrix(embed([e.input for e in ctx.splits.validation]), len(ctx.splits.validation))
-            d = ot_distances(np.array([r[1] for r in idx_rows]), pool_emb, val_emb)
+            one_emb, val_emb = self._ot_embeddings(ctx, embed)
+            d = exemplar_ot_costs(np.array([r[1] for r in idx_rows]), one_emb, val_emb)
             keep = np.argsort(d, kind="stable")[: h["ot_keep"]]
             idx_rows = [idx_rows[int(i)] for i in sorted(keep)]
             ctx.log("ot_filter", kept=len(idx_rows), distance_min=float(d.min()), distance_max=float(d.max()))
         cands = [Prompt(instr[j], tuple(pool[i] for i in idx)) for j, idx in idx_rows]
-        if h["embed_instruction"] or h["joint"]:
-            texts = [prompt_text(ctx.task, c) for c in cands]
-        else:  # the released code embeds the exemplars only
-            texts = [ctx.task.format_exemplars(c.exemplars).strip() for c in cands]
         ctx.tick(f"ease: embedding {len(cands)} candidate exemplar sets")
-        feats = as_matrix(embed(texts), len(cands))
-        bandit = NeuralUCB(feats.shape[1], hidden=h["hidden"], hidden_layers=h["hidden_layers"], lam=h["lam"],
-                           nu=h["nu"], train_steps=h["train_steps"], lr=h["lr"], seed=ctx.seed)
+        feats = as_matrix(embed(self._texts(ctx, cands)), len(cands))
+        bandit = self._bandit(ctx, feats.shape[1])
         ctx.log("candidates", n=len(cands), dim=int(feats.shape[1]))
         neural_bandit_search(ctx, cands, feats, n_initial=h["n_initial"], bandit=bandit, stream="ease")
+
+    def _bandit(self, ctx: RunContext, dim: int) -> NeuralUCB:
+        h = self.hparams
+        return NeuralUCB(dim, hidden=h["hidden"], hidden_layers=h["hidden_layers"], lam=h["lam"], nu=h["nu"],
+                         train_steps=h["train_steps"], lr=h["lr"], seed=ctx.seed)
+
+    def _draw(self, rng: np.random.Generator, n: int, n_pool: int, n_instr: int) -> tuple[np.ndarray, np.ndarray]:
+        """``n`` random ordered ``n_shots``-subsets of ``range(n_pool)`` and an instruction index for each."""
+        order = np.argsort(rng.random((n, n_pool)), axis=1)[:, : self.hparams["n_shots"]]
+        return order, rng.integers(n_instr, size=n)
+
+    def _released(self, ctx: RunContext, instr: list[str], embed: Any) -> None:
+        h = self.hparams
+        pool = ctx.splits.train
+        rng = ctx.rng("ease-released")
+
+        def prompt_of(idx: np.ndarray, j: int) -> Prompt:
+            return Prompt(instr[int(j)], tuple(pool[int(i)] for i in idx))
+
+        bandit = None
+        idx0, j0 = self._draw(rng, h["n_initial"], len(pool), len(instr))
+        init = [prompt_of(i, j) for i, j in zip(idx0, j0)]
+        feats0 = as_matrix(embed(self._texts(ctx, init)), len(init)) if init else None
+        for x, p in zip(feats0 if feats0 is not None else [], init):
+            y = ctx.evaluate(p, source="initial")
+            if bandit is None:
+                bandit = self._bandit(ctx, int(x.shape[0]))
+            bandit.add_observation(x, y)
+            if y >= 1.0:
+                raise StopRun("a candidate scored 1.0 on validation")
+        one_emb, val_emb = self._ot_embeddings(ctx, embed)
+        while True:
+            if ctx.evaluations_left <= 0:
+                raise StopRun("evaluation budget spent")
+            if bandit is not None:
+                bandit.fit()
+            best: tuple[float, Prompt, np.ndarray, float, float] | None = None
+            ctx.tick(f"ease: OT pre-filter of {h['pool_batches']}×{h['pool_batch_size']} fresh candidates")
+            for _ in range(h["pool_batches"]):
+                idx, js = self._draw(rng, h["pool_batch_size"], len(pool), len(instr))
+                d = exemplar_ot_costs(idx, one_emb, val_emb)
+                keep = np.argsort(d, kind="stable")[: h["batch_keep"]]
+                cands = [prompt_of(idx[k], js[k]) for k in keep]
+                fresh = [c for c in cands if ctx.score_of(c) is None]
+                if not fresh:
+                    continue
+                X = as_matrix(embed(self._texts(ctx, fresh)), len(fresh))
+                if bandit is None:
+                    bandit = self._bandit(ctx, X.shape[1])
+                mu, sig = bandit.ucb(X)
+                a = int(np.argmax(mu + sig))
+                if best is None or mu[a] + sig[a] > best[0]:
+                    best = (float(mu[a] + sig[a]), fresh[a], X[a], float(mu[a]), float(sig[a]))
+            if best is None:
+                raise StopRun("every pre-filtered candidate was already evaluated")
+            _, p, x, mu_a, sig_a = best
+            y = ctx.evaluate(p, source="ucb", predicted=mu_a, bonus=sig_a)
+            bandit.update(x, y)
+            if y >= 1.0:
+                raise StopRun("a candidate scored 1.0 on validation")
 
 
 class INSTINCT(Optimizer):
@@ -478,5 +581,5 @@ class INSTINCT(Optimizer):
                              bandit=bandit, stream="instinct")
 
 
-__all__ = ["APE", "EASE", "INSTINCT", "OPRO", "RandomSearch", "generate_instructions", "neural_bandit_search",
-           "ot_distances", "prompt_key"]
+__all__ = ["APE", "EASE", "INSTINCT", "OPRO", "RandomSearch", "draw_exemplar_pool", "generate_instructions",
+           "neural_bandit_search", "pool_rng", "prompt_key"]
