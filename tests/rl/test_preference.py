@@ -26,14 +26,9 @@ def tok():
 
 
 def tiny(tok, seed):
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from test_trl import tiny_model  # tests/rl is on sys.path (no package): pytest's default import mode
 
-    torch.manual_seed(seed)  # transformers initialises weights from the global RNG; tests only
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
-                      tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                      pad_token_id=tok.pad_token_id)
-    return LlamaForCausalLM(cfg).eval()
+    return tiny_model(tok, seed).eval()
 
 
 def seq_logp(model, prompt_ids, completion_ids, average=False):
