@@ -7,6 +7,10 @@
 * :mod:`lmopt.rl.advantages` — TRL's GRPO advantage formula and COPO's blend (arXiv 2508.04138).
 * :mod:`lmopt.rl.answers` — final-answer extraction for COPO's answer entropy.
 * :mod:`lmopt.rl.preference` — SimPO (arXiv 2405.14734) and f-DPO (arXiv 2309.16240) configured for TRL.
+* :mod:`lmopt.rl.otc` — OTC's tool-call-aware reward (arXiv 2504.14870); :mod:`lmopt.rl.calc` its text
+  calculator tool and task; :mod:`lmopt.rl.tool_rollout` a multi-turn calculator rollout for GRPOTrainer.
+* :mod:`lmopt.rl.hapo` — HAPO's token-level entropy-driven GRPO maths (arXiv 2507.21848); the trainer is
+  :class:`lmopt.rl.hapo_trainer.HAPOGRPOTrainer`.
 * :mod:`lmopt.rl.toy` — a pure-torch GRPO toy for seeded CPU experiments.
 * :mod:`lmopt.rl.trainers` — GRPOTrainer subclasses and callbacks (imports TRL; exposed lazily here).
 """
@@ -26,6 +30,7 @@ from lmopt.rl.advantages import (
 from lmopt.rl.answers import final_answer
 from lmopt.rl.ensemble import EnsembleReward, RewardModelFunction, combine_rewards
 from lmopt.rl.mopps import MoPPS, MoPPSSampler, group_success_rates
+from lmopt.rl.otc import OTCReward, otc_tool_reward
 from lmopt.rl.preference import SIMPO_PRESETS, fdpo_config, fdpo_loss, simpo_config, simpo_loss
 from lmopt.rl.redit import ALL_SCHEDULES, ReDitReward, dither, noise_scale
 from lmopt.rl.weighting import (
@@ -36,20 +41,22 @@ from lmopt.rl.weighting import (
     pareto_front,
 )
 
-_TRL_NAMES = ("COPOGRPOTrainer", "MoPPSGRPOTrainer", "GradientWeightingGRPOTrainer", "HypervolumeWeightCallback")
+_TRL_NAMES = ("COPOGRPOTrainer", "MoPPSGRPOTrainer", "GradientWeightingGRPOTrainer", "HypervolumeWeightCallback",
+              "HAPOGRPOTrainer")
+_TRL_MODULE = {"HAPOGRPOTrainer": "hapo_trainer"}
 
 __all__ = [
     "ALL_SCHEDULES", "COPO_PRESETS", "SIMPO_PRESETS", "EnsembleReward", "HypervolumeWeighting", "MoPPS",
-    "MoPPSSampler", "ReDitReward", "RewardModelFunction", "answer_entropy", "combine_rewards", "copo_advantages",
-    "copo_settings", "dither", "fdpo_config", "fdpo_loss", "final_answer", "gradient_scores",
-    "gradient_weight_update", "grpo_advantages", "group_success_rates", "hypervolume", "noise_scale", "pareto_front",
-    "simpo_config", "simpo_loss", "zero_variance_groups", *_TRL_NAMES,
+    "MoPPSSampler", "OTCReward", "ReDitReward", "RewardModelFunction", "answer_entropy", "combine_rewards",
+    "copo_advantages", "copo_settings", "dither", "fdpo_config", "fdpo_loss", "final_answer", "gradient_scores",
+    "gradient_weight_update", "grpo_advantages", "group_success_rates", "hypervolume", "noise_scale",
+    "otc_tool_reward", "pareto_front", "simpo_config", "simpo_loss", "zero_variance_groups", *_TRL_NAMES,
 ]
 
 
 def __getattr__(name: str) -> Any:
     if name in _TRL_NAMES:
-        from lmopt.rl import trainers
+        import importlib
 
-        return getattr(trainers, name)
+        return getattr(importlib.import_module(f"lmopt.rl.{_TRL_MODULE.get(name, 'trainers')}"), name)
     raise AttributeError(f"module 'lmopt.rl' has no attribute {name!r}")
