@@ -11,6 +11,8 @@
   calculator tool and task; :mod:`lmopt.rl.tool_rollout` a multi-turn calculator rollout for GRPOTrainer.
 * :mod:`lmopt.rl.hapo` — HAPO's token-level entropy-driven GRPO maths (arXiv 2507.21848); the trainer is
   :class:`lmopt.rl.hapo_trainer.HAPOGRPOTrainer`.
+* :mod:`lmopt.rl.sparsepo` — SparsePO's token masks and loss (arXiv 2410.05102); the trainer is
+  :class:`lmopt.rl.sparsepo_trainer.SparsePOTrainer` (a DPOTrainer).
 * :mod:`lmopt.rl.toy` — a pure-torch GRPO toy for seeded CPU experiments.
 * :mod:`lmopt.rl.trainers` — GRPOTrainer subclasses and callbacks (imports TRL; exposed lazily here).
 """
@@ -42,8 +44,8 @@ from lmopt.rl.weighting import (
 )
 
 _TRL_NAMES = ("COPOGRPOTrainer", "MoPPSGRPOTrainer", "GradientWeightingGRPOTrainer", "HypervolumeWeightCallback",
-              "HAPOGRPOTrainer")
-_TRL_MODULE = {"HAPOGRPOTrainer": "hapo_trainer"}
+              "HAPOGRPOTrainer", "SparsePOTrainer")
+_TRL_MODULE = {"HAPOGRPOTrainer": "hapo_trainer", "SparsePOTrainer": "sparsepo_trainer"}
 
 __all__ = [
     "ALL_SCHEDULES", "COPO_PRESETS", "SIMPO_PRESETS", "EnsembleReward", "HypervolumeWeighting", "MoPPS",
