@@ -13,6 +13,8 @@
   :class:`lmopt.rl.hapo_trainer.HAPOGRPOTrainer`.
 * :mod:`lmopt.rl.sparsepo` — SparsePO's token masks and loss (arXiv 2410.05102); the trainer is
   :class:`lmopt.rl.sparsepo_trainer.SparsePOTrainer` (a DPOTrainer).
+* :mod:`lmopt.rl.mcts_dpo` — MCTS-DPO's step-level tree search and preference pairs (arXiv 2405.00451); the
+  per-pair smoothed loss is :class:`lmopt.rl.mcts_dpo_trainer.ConfidenceDPOTrainer`.
 * :mod:`lmopt.rl.toy` — a pure-torch GRPO toy for seeded CPU experiments.
 * :mod:`lmopt.rl.trainers` — GRPOTrainer subclasses and callbacks (imports TRL; exposed lazily here).
 """
@@ -31,6 +33,7 @@ from lmopt.rl.advantages import (
 )
 from lmopt.rl.answers import final_answer
 from lmopt.rl.ensemble import EnsembleReward, RewardModelFunction, combine_rewards
+from lmopt.rl.mcts_dpo import MCTS, MCTSConfig, mcts_preference_data
 from lmopt.rl.mopps import MoPPS, MoPPSSampler, group_success_rates
 from lmopt.rl.otc import OTCReward, otc_tool_reward
 from lmopt.rl.preference import SIMPO_PRESETS, fdpo_config, fdpo_loss, simpo_config, simpo_loss
@@ -44,14 +47,17 @@ from lmopt.rl.weighting import (
 )
 
 _TRL_NAMES = ("COPOGRPOTrainer", "MoPPSGRPOTrainer", "GradientWeightingGRPOTrainer", "HypervolumeWeightCallback",
-              "HAPOGRPOTrainer", "SparsePOTrainer")
-_TRL_MODULE = {"HAPOGRPOTrainer": "hapo_trainer", "SparsePOTrainer": "sparsepo_trainer"}
+              "HAPOGRPOTrainer", "SparsePOTrainer", "ConfidenceDPOTrainer")
+_TRL_MODULE = {"HAPOGRPOTrainer": "hapo_trainer", "SparsePOTrainer": "sparsepo_trainer",
+               "ConfidenceDPOTrainer": "mcts_dpo_trainer"}
 
 __all__ = [
-    "ALL_SCHEDULES", "COPO_PRESETS", "SIMPO_PRESETS", "EnsembleReward", "HypervolumeWeighting", "MoPPS",
+    "ALL_SCHEDULES", "COPO_PRESETS", "MCTS", "MCTSConfig", "SIMPO_PRESETS", "EnsembleReward",
+    "HypervolumeWeighting", "MoPPS",
     "MoPPSSampler", "OTCReward", "ReDitReward", "RewardModelFunction", "answer_entropy", "combine_rewards",
     "copo_advantages", "copo_settings", "dither", "fdpo_config", "fdpo_loss", "final_answer", "gradient_scores",
-    "gradient_weight_update", "grpo_advantages", "group_success_rates", "hypervolume", "noise_scale",
+    "gradient_weight_update", "grpo_advantages", "group_success_rates", "hypervolume", "mcts_preference_data",
+    "noise_scale",
     "otc_tool_reward", "pareto_front", "simpo_config", "simpo_loss", "zero_variance_groups", *_TRL_NAMES,
 ]
 

@@ -7,17 +7,15 @@ work unchanged. The maths is in :mod:`lmopt.rl.sparsepo`.
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import torch
 
 from lmopt._deps import require
+from lmopt.rl._dpo_common import ReferenceForward
 from lmopt.rl.sparsepo import TokenMask, sparsepo_loss
 
 trl = require("trl", "trl")
-trl_utils = require("trl.trainer.utils", "trl")
-accelerate_utils = require("accelerate.utils", "trl")
 MASK_ATTR = "lmopt_sparsepo_masks"
 
 
@@ -26,7 +24,7 @@ def _text_config(model: Any) -> Any:
     return cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
 
 
-class SparsePOTrainer(trl.DPOTrainer):
+class SparsePOTrainer(ReferenceForward, trl.DPOTrainer):
     """DPO with SparsePO's learned token masks (arXiv 2410.05102); arguments as ``DPOTrainer`` plus:
 
     * ``mask_mode``: ``"common"`` (one mask on both terms, the released "sparse-common") or ``"independent"``
@@ -77,24 +75,11 @@ class SparsePOTrainer(trl.DPOTrainer):
     def save_masks(self, path: str) -> None:
         torch.save({"config": self.sparsepo, "state_dict": self.masks.state_dict()}, path)
 
-    def _reference_forward(self, ids: torch.Tensor, att: torch.Tensor) -> Any:
-        context: Any = contextlib.nullcontext()
-        ref = self.ref_model
-        if ref is None:  # a PEFT policy: its base model, adapters disabled, is the reference
-            unwrapped = self.accelerator.unwrap_model(self.model)
-            if not accelerate_utils.is_peft_model(unwrapped):
-                raise ValueError("SparsePOTrainer needs a reference model (ref_model=...) or a PEFT policy")
-            context = trl_utils.use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config
-                                            else None)
-            ref = self.model
-        with torch.no_grad(), context:
-            return ref(input_ids=ids, attention_mask=att, use_cache=False, output_hidden_states=True)
-
     def _compute_loss(self, model, inputs, return_outputs):
         mode = "train" if self.model.training else "eval"
         ids, att, cm = inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"]
         out = model(input_ids=ids, attention_mask=att, use_cache=False)
-        ref_out = self._reference_forward(ids, att)
+        ref_out = self._reference_forward(ids, att, output_hidden_states=True)
         targets = ids[:, 1:]
         resp = cm[:, 1:]
         logp_v = torch.log_softmax(out.logits[:, :-1].float(), dim=-1)
