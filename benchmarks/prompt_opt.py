@@ -199,7 +199,11 @@ def expo_bench(local: Any, cfg: dict[str, Any], seeds: int) -> dict[str, Any]:
                         ("expo-es", {"exemplar_search": True, "exemplar_size": 4, "n_exemplar_sets": 4})):
         runs = []
         for s in range(seeds):
-            env = BernoulliBandit((0.2, 0.2, 0.8, 0.2), seed=s)
+            # the best arm moves with the seed: SmolLM2 answers "2" before seeing any reward, so a fixed best
+            # arm at index 2 would hand every agent zero regret
+            means = [0.2] * 4
+            means[s % 4] = 0.8
+            env = BernoulliBandit(tuple(means), seed=s)
             r = EXPO(n_descriptions=2, n_instructions=2, seed=s, train_steps=cfg["train_steps"],
                      embedder=cfg["embedder"], **kw).run(
                 env, LM(local), horizon=cfg["expo_horizon"])
@@ -294,6 +298,8 @@ def main(argv: list[str] | None = None) -> None:
                             "cache; default 10, quick 2; 0 skips it)")
         p.add_argument("--no-expo", action="store_true", help="skip the EXPO bandit part")
         p.add_argument("--expo-only", action="store_true", help="only the EXPO bandit part")
+        p.add_argument("--pool-only", action="store_true",
+                       help="only the fixed-pool stage on --tasks (no spread stage, no other runs)")
         p.add_argument("--combine", nargs="+", default=None, metavar="JSON",
                        help="no new runs: one report from prompt_opt.json / prompt_opt.partial.json files")
 
@@ -319,6 +325,10 @@ def main(argv: list[str] | None = None) -> None:
         unknown = sorted(set(cfg["methods"]) - set(DEFAULTS["methods"]))
         if unknown:
             raise SystemExit(f"unknown method(s) {unknown}; choose from {DEFAULTS['methods']}")
+    if args.pool_only and (cfg["tasks"] == "auto" or not cfg["pool_seeds"]):
+        raise SystemExit("--pool-only needs --tasks (names, not auto) and --pool-seeds >= 1")
+    if args.pool_only:
+        cfg["methods"], cfg["spread_tasks"], cfg["expo_horizon"] = [], [], 0
     if args.expo_only:
         cfg["tasks"] = []
         cfg["expo_horizon"] = cfg["expo_horizon"] or DEFAULTS["expo_horizon"]
@@ -340,7 +350,7 @@ def main(argv: list[str] | None = None) -> None:
         cfg["tasks"] = choose_tasks(results["spread"], cfg["max_tasks"])
         results["config"]["tasks"] = cfg["tasks"]
         _log(f"tasks chosen by spread: {cfg['tasks']}")
-    for tname in cfg["tasks"]:
+    for tname in cfg["tasks"] if cfg["methods"] else []:
         task, (n_train, n_val, n_test) = _task(tname, cfg)
         split_of = {s: task.split(s if cfg["resample_splits"] else 0, n_train=n_train, n_val=n_val, n_test=n_test)
                     for s in range(seeds)}
@@ -366,7 +376,7 @@ def main(argv: list[str] | None = None) -> None:
     for tname in list(cfg["tasks"]) if cfg["pool_seeds"] else []:
         key, entry = pool_stage(local, cfg, tname, Path(tmp), args.out, results)
         results["tasks"][key] = entry
-    if not args.expo_only:
+    if not (args.expo_only or args.pool_only):
         _log("evaluator throughput ...")
         results["throughput"] = throughput(local, cfg)
     if cfg["expo_horizon"] and not args.no_expo:

@@ -113,7 +113,7 @@ class OTCReward:
                         self._best[key] = min(n, self._best.get(key, n))
                     n = self._best.get(key, n)
             ns.append(n)
-            # no correct completion in the group: every reward is 0 through r_φ, so n does not matter there
+            # no correct completion in the group: with a 0/1 correctness every reward there is 0 whatever n is
             out += [self.alpha * otc_tool_reward(calls[i], n if n is not None else 0, self.c) * r_phi[i]
                     for i in idx]
         solved = [m for m, r in zip(calls, r_phi) if r >= self.correct_at]
