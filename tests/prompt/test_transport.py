@@ -1,4 +1,5 @@
-"""Exact OT for EASE's pre-filter, checked against an independent LP solver, and the released EASE loop."""
+"""Exact OT for EASE's pre-filter, checked against an independent LP solver; the released EASE loop; the fixed
+candidate pool that random search and EASE share."""
 
 from __future__ import annotations
 

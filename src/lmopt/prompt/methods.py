@@ -461,8 +461,8 @@ class EASE(Optimizer):
         bandit = None
         idx0, j0 = self._draw(rng, h["n_initial"], len(pool), len(instr))
         init = [prompt_of(i, j) for i, j in zip(idx0, j0)]
-        feats0 = as_matrix(embed(self._texts(ctx, init)), len(init)) if init else None
-        for x, p in zip(feats0 if feats0 is not None else [], init):
+        feats0 = as_matrix(embed(self._texts(ctx, init)), len(init)) if init else []
+        for x, p in zip(feats0, init):
             y = ctx.evaluate(p, source="initial")
             if bandit is None:
                 bandit = self._bandit(ctx, int(x.shape[0]))

@@ -49,7 +49,9 @@ class HAPOGRPOTrainer(_RewardCapture, GRPOTrainer):
     switches ``adaptive_temperature``, ``token_group_advantage``, ``adaptive_clip``, ``adaptive_advantage``
     (all True), and ``hapo_released_sign`` (False: the paper's signed ĥ; True: the released code's, see
     :mod:`lmopt.rl.hapo`). Clip ranges come from ``GRPOConfig.epsilon`` / ``epsilon_high`` (released: 0.2 / 0.2).
-    With every switch off the loss is DAPO's (TRL ``loss_type="dapo"``) plus the dual clip.
+    The token-level advantages are per group (``scale_rewards="none"`` drops the std division; ``"batch"`` is
+    treated as ``"group"``, as the released estimator has no batch scaling). With every switch off the loss
+    is DAPO's (TRL ``loss_type="dapo"``) plus the dual clip.
     Logs ``hapo/clip_frac``, ``hapo/dual_clip_frac``, ``hapo/h_hat_mean`` and ``hapo/temperature_mean``.
     """
 

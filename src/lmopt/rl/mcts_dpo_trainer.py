@@ -34,8 +34,8 @@ class ConfidenceDPOTrainer(ReferenceForward, trl.DPOTrainer):
             raise ValueError(f"ConfidenceDPOTrainer replaces the sigmoid DPO loss; got loss_type {self.loss_types}")
         if self.precompute_ref_logps:
             raise ValueError("set precompute_ref_log_probs=False: the reference runs with the policy here")
-        train = kwargs.get("train_dataset")
-        if train is not None and COLUMN in getattr(train, "column_names", []):
+        train = self.train_dataset  # however it was passed; TRL's tokenised copy keeps the column
+        if train is not None and COLUMN in (getattr(train, "column_names", None) or []):
             bad = [v for v in train[COLUMN] if not 0.0 <= float(v) <= 0.5]
             if bad:
                 raise ValueError(f"{len(bad)} label_smoothing values lie outside [0, 0.5], e.g. {bad[0]!r}")

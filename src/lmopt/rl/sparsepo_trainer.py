@@ -36,7 +36,9 @@ class SparsePOTrainer(ReferenceForward, trl.DPOTrainer):
 
     The masks are a submodule ``lmopt_sparsepo_masks`` of the trained model, so the trainer's optimiser
     updates them with the policy (the released code trains them jointly too); ``trainer.masks`` returns them
-    and ``save_masks(path)`` writes their weights (``save_pretrained`` of a PEFT model keeps adapters only).
+    and ``save_masks(path)`` writes their weights (``save_pretrained`` of a PEFT model keeps adapters only;
+    that of a plain model also writes the ``lmopt_sparsepo_masks.*`` tensors, which ``from_pretrained``
+    reports as unused weights when the model is reloaded without them).
     Logs ``sparsepo/mask_mean`` and ``sparsepo/sparsity`` (share of response tokens whose mask is exactly 0)
     per term, besides DPO's rewards and accuracies. ``loss_type`` must be TRL's default (``"sigmoid"``):
     SparsePO replaces the loss. The reference model runs with ``output_hidden_states=True``.
