@@ -167,3 +167,22 @@ def test_hapo_trainer_samples_with_entropy_temperatures_after_the_first_step(tmp
     temps = [h["hapo/temperature_mean"] for h in trainer.state.log_history if "hapo/temperature_mean" in h]
     assert temps and all(0.95 - 1e-6 <= t <= 1.05 + 1e-6 for t in temps)
     assert any("hapo/clip_frac" in h for h in trainer.state.log_history)
+
+
+def test_hapo_offers_its_temperature_to_a_tool_rollout(tmp_path):
+    from lmopt.rl.hapo_trainer import EntropyTemperatureProcessor, HAPOGRPOTrainer
+    from lmopt.rl.tool_rollout import CalcToolRollout
+
+    seen = []
+
+    class Recording(CalcToolRollout):
+        def __call__(self, prompts, trainer):
+            seen.append(list(trainer.generation_logits_processors))
+            return super().__call__(prompts, trainer)
+
+    trainer = _run(tmp_path, HAPOGRPOTrainer, steps=2, rollout_func=Recording(max_calls=1))
+    assert seen[0] == []  # no entropy statistics before the first optimisation step
+    assert len(seen[1]) == 1 and isinstance(seen[1][0], EntropyTemperatureProcessor)
+    assert trainer.generation_logits_processors == []  # offered for the rollout only
+    temps = [h["hapo/temperature_mean"] for h in trainer.state.log_history if "hapo/temperature_mean" in h]
+    assert temps and all(0.95 - 1e-6 <= t <= 1.05 + 1e-6 for t in temps)

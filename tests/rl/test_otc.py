@@ -159,3 +159,31 @@ def test_otc_reward_and_calc_rollout_in_a_real_grpo_step(tmp_path):
     assert len(rollout.calls) == 8 and len(reward.last["calls"]) == 8
     assert len(reward.last["n"]) == 2  # two prompts, four completions each, grouped as TRL passes them
     assert any("rewards/otc_grpo/mean" in h for h in trainer.state.log_history)
+
+
+def test_tool_generate_ends_at_a_stop_string_and_forwards_logits_processors():
+    from transformers import AutoTokenizer
+
+    from lmopt.assets import smollm2_dir
+    from lmopt.rl.calc import FEWSHOT_STOP
+    from lmopt.rl.tool_rollout import tool_generate
+
+    tok = AutoTokenizer.from_pretrained(str(smollm2_dir()))
+    marker = object()
+
+    class Model(_ScriptedModel):
+        def generate(self, input_ids, attention_mask, max_new_tokens, **kw):
+            assert kw["stop_strings"] == ["</calc>", FEWSHOT_STOP] and list(kw["logits_processor"]) == [marker]
+            kw["stop_strings"] = ["</calc>"]
+            return super().generate(input_ids, attention_mask, max_new_tokens, **kw)
+
+    model = Model(tok, [" <calc>2*3</calc>", " Answer: 6\nQ: What is 9 + 9?\nA: <calc>9+9</calc>"])
+    row = calc_task(1, seed=0, style="completion")[0]
+    assert isinstance(row["prompt"], str) and row["prompt"].endswith("?\nA:")
+    out = tool_generate(model, tok, [row["prompt"]], max_new_tokens=64, stop=[FEWSHOT_STOP],
+                        logits_processor=[marker], do_sample=False)
+    text = tok.decode(out["completion_ids"][0], skip_special_tokens=True)
+    assert text == " <calc>2*3</calc><result>6</result> Answer: 6\nQ:"  # ends at the stop, no second call
+    assert out["calls"] == [1] and len(model.rounds) == 0
+    with pytest.raises(ValueError, match="stop"):
+        tool_generate(model, tok, ["x"], max_new_tokens=4, stop="\nQ:")

@@ -102,12 +102,25 @@ TOOL_INSTRUCTION = ("You may use a calculator: write <calc>EXPRESSION</calc> and
                     "<result>VALUE</result>. Use it only when you need it. End with 'Answer: NUMBER'.")
 
 
-def calc_task(n: int, seed: int = 0, hard_fraction: float = 0.5) -> list[dict[str, Any]]:
-    """``n`` arithmetic questions as TRL prompt rows (``prompt`` as chat messages, ``answer``, ``hard``).
+# Few-shot demonstrations for models that do not follow the chat instruction (SmolLM2-135M never calls the
+# tool from it): one call where mental arithmetic fails, none where it suffices.
+FEWSHOT_PREFIX = ("You may use a calculator: <calc>EXPRESSION</calc> gives <result>VALUE</result>.\n\n"
+                  "Q: What is 12 * 34 + 56?\nA: <calc>12 * 34 + 56</calc><result>464</result> Answer: 464\n"
+                  "Q: What is 3 + 4?\nA: Answer: 7\n"
+                  "Q: What is 251 * 17 + 300?\nA: <calc>251 * 17 + 300</calc><result>4567</result> Answer: 4567\n"
+                  "Q: What is 5 + 2?\nA: Answer: 7\n")
+FEWSHOT_STOP = "\nQ:"  # where a few-shot completion starts the next question
+
+
+def calc_task(n: int, seed: int = 0, hard_fraction: float = 0.5, style: str = "chat") -> list[dict[str, Any]]:
+    """``n`` arithmetic questions as TRL prompt rows (``prompt``, ``answer``, ``hard``).
 
     Easy ones (one-digit sums) need no tool; hard ones (three-digit × two-digit plus three-digit) are beyond
     a small model's mental arithmetic, so the fewest calls that solve them is one: the optimal number of
     calls differs per question, which is what OTC's reward is built around.
+
+    ``style="chat"``: the prompt is one user message with :data:`TOOL_INSTRUCTION`; ``"completion"``: a plain
+    string, :data:`FEWSHOT_PREFIX` then ``"Q: What is ...?\nA:"`` — generate with ``stop=(FEWSHOT_STOP,)``.
     """
     import random
 
@@ -115,6 +128,8 @@ def calc_task(n: int, seed: int = 0, hard_fraction: float = 0.5) -> list[dict[st
         raise ValueError(f"n must be a positive int, got {n!r}")
     if not 0.0 <= hard_fraction <= 1.0:
         raise ValueError(f"hard_fraction must lie in [0, 1], got {hard_fraction!r}")
+    if style not in ("chat", "completion"):
+        raise ValueError(f"style must be 'chat' or 'completion', got {style!r}")
     rng = random.Random(f"calc:{seed}")
     rows = []
     for _ in range(n):
@@ -125,9 +140,9 @@ def calc_task(n: int, seed: int = 0, hard_fraction: float = 0.5) -> list[dict[st
         else:
             a, b = rng.randint(1, 9), rng.randint(1, 9)
             expr = f"{a} + {b}"
-        q = f"{TOOL_INSTRUCTION}\nWhat is {expr}?"
-        rows.append({"prompt": [{"role": "user", "content": q}], "answer": format_number(safe_eval(expr)),
-                     "hard": hard})
+        prompt: Any = ([{"role": "user", "content": f"{TOOL_INSTRUCTION}\nWhat is {expr}?"}] if style == "chat"
+                       else f"{FEWSHOT_PREFIX}Q: What is {expr}?\nA:")
+        rows.append({"prompt": prompt, "answer": format_number(safe_eval(expr)), "hard": hard})
     return rows
 
 
@@ -150,5 +165,5 @@ def count_calls(completion: Any, pattern: re.Pattern[str] = CALL_PATTERN) -> int
     return len(pattern.findall(joined_text(completion)))
 
 
-__all__ = ["CALL_PATTERN", "CalcError", "calc_task", "calc_correct", "count_calls", "format_number", "joined_text",
-           "safe_eval", "tool_result"]
+__all__ = ["CALL_PATTERN", "FEWSHOT_PREFIX", "FEWSHOT_STOP", "CalcError", "calc_task", "calc_correct", "count_calls",
+           "format_number", "joined_text", "safe_eval", "tool_result"]

@@ -7,7 +7,9 @@ them patched in TRL's files:
   extra logits processor that divides each step's logits by ``1 + τ ĥ`` (TRL's temperature ``T`` is applied
   after it, by transformers' own warper, so a token is sampled at ``T (1 + τ ĥ)``). ``ĥ`` uses the entropy
   statistics of the previous optimisation step's tokens (the released order). Not applied with vLLM or
-  continuous batching (a warning says so).
+  continuous batching (a warning says so). With a ``rollout_func`` (e.g. :class:`~lmopt.rl.tool_rollout.
+  CalcToolRollout`), ``_generate`` offers the same processor as ``generation_logits_processors`` for the
+  rollout to apply.
 * ``_generate_and_score_completions`` — the advantages become HAPO's token-level group averages.
 * ``_compute_loss`` — HAPO's per-token loss (adaptive clipping, advantage redistribution, dual clip),
   token-mean over the batch as TRL's ``loss_type="dapo"``; TRL's KL term is added when ``beta != 0``.
@@ -73,6 +75,7 @@ class HAPOGRPOTrainer(_RewardCapture, GRPOTrainer):
                      "token_group_advantage": token_group_advantage, "adaptive_clip": adaptive_clip,
                      "adaptive_advantage": adaptive_advantage, "released_sign": hapo_released_sign}
         self._entropy_buffer: list[torch.Tensor] = []
+        self.generation_logits_processors: list[Any] = []
         self.entropy_stats: EntropyStats | None = None
 
     # -- rollout: entropy-driven temperature ---------------------------------------------------------
@@ -83,9 +86,28 @@ class HAPOGRPOTrainer(_RewardCapture, GRPOTrainer):
                                               released_sign=self.hapo["released_sign"])
             self._entropy_buffer = []
 
-    def _generate_single_turn(self, *args: Any, **kwargs: Any):
+    def _temperature_active(self) -> bool:
         self._refresh_entropy_stats()
-        if not (self.hapo["adaptive_temperature"] and self.model.training and self.entropy_stats is not None):
+        return bool(self.hapo["adaptive_temperature"] and self.model.training and self.entropy_stats is not None)
+
+    def _log_temperature(self, proc: EntropyTemperatureProcessor) -> None:
+        if proc.factors:
+            t = torch.cat([f.flatten() for f in proc.factors]) * float(self.temperature)
+            self._metrics["train"]["hapo/temperature_mean"].append(float(t.mean()))
+
+    def _generate(self, prompts: list):
+        if self.rollout_func is None or not self._temperature_active():
+            return super()._generate(prompts)
+        proc = EntropyTemperatureProcessor(self.entropy_stats, self.hapo["tau"])
+        self.generation_logits_processors = [proc]  # read by rollouts that honour it (CalcToolRollout does)
+        try:
+            return super()._generate(prompts)
+        finally:
+            self.generation_logits_processors = []
+            self._log_temperature(proc)
+
+    def _generate_single_turn(self, *args: Any, **kwargs: Any):
+        if not self._temperature_active():
             return super()._generate_single_turn(*args, **kwargs)
         if self.use_vllm or getattr(self, "use_transformers_continuous_batching", False):
             warnings.warn("HAPO's adaptive temperature needs transformers' generate; vLLM / continuous batching "
@@ -105,9 +127,7 @@ class HAPOGRPOTrainer(_RewardCapture, GRPOTrainer):
             return super()._generate_single_turn(*args, **kwargs)
         finally:
             del model.generate
-            if proc.factors:
-                t = torch.cat([f.flatten() for f in proc.factors]) * float(self.temperature)
-                self._metrics["train"]["hapo/temperature_mean"].append(float(t.mean()))
+            self._log_temperature(proc)
 
     # -- advantages: token-level group average --------------------------------------------------------
     def _generate_and_score_completions(self, inputs):
