@@ -127,3 +127,16 @@ def test_configs_validate_and_presets_are_the_released_values(tmp_path):
     assert (c.beta, c.simpo_gamma, c.learning_rate, c.lr_scheduler_type) == (10.0, 5.0, 8e-7, "cosine")
     assert simpo_config(**cpu).simpo_gamma == pytest.approx(0.5)  # β 2.0 × γ/β 0.25
     assert SIMPO_PRESETS["llama-3-8b-instruct-v2"] == {"beta": 10.0, "gamma_beta_ratio": 0.3, "learning_rate": 1e-6}
+
+
+def test_self_preference_pairs_pair_right_with_wrong_answers_only():
+    from lmopt.rl.preference import self_preference_pairs
+
+    rows = self_preference_pairs(["p1", "p2", "p3"], [[" 5", " 6", " 5", " 7"], [" 1", " 1"], [" 2", " 3"]],
+                                 [[1, 0, 1, 0], [1, 1], [0, 1]], pairs_per_prompt=2)
+    assert [r["prompt"] for r in rows] == ["p1", "p3"]  # p2 has no wrong answer
+    assert {r["chosen"] for r in rows[:1]} == {" 5"} and {r["rejected"] for r in rows} >= {" 2"}
+    assert all(r["chosen"] in (" 5", " 3") and r["rejected"] in (" 6", " 7", " 2") for r in rows)
+    assert len(self_preference_pairs(["p1"], [[" 5", " 6", " 7"]], [[1, 0, 0]], pairs_per_prompt=2)) == 1
+    with pytest.raises(ValueError, match="differ in length"):
+        self_preference_pairs(["p"], [], [])

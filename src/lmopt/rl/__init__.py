@@ -36,7 +36,7 @@ from lmopt.rl.ensemble import EnsembleReward, RewardModelFunction, combine_rewar
 from lmopt.rl.mcts_dpo import MCTS, MCTSConfig, mcts_preference_data
 from lmopt.rl.mopps import MoPPS, MoPPSSampler, group_success_rates
 from lmopt.rl.otc import OTCReward, otc_tool_reward
-from lmopt.rl.preference import SIMPO_PRESETS, fdpo_config, fdpo_loss, simpo_config, simpo_loss
+from lmopt.rl.preference import SIMPO_PRESETS, fdpo_config, fdpo_loss, self_preference_pairs, simpo_config, simpo_loss
 from lmopt.rl.redit import ALL_SCHEDULES, ReDitReward, dither, noise_scale
 from lmopt.rl.weighting import (
     HypervolumeWeighting,
@@ -58,7 +58,7 @@ __all__ = [
     "copo_advantages", "copo_settings", "dither", "fdpo_config", "fdpo_loss", "final_answer", "gradient_scores",
     "gradient_weight_update", "grpo_advantages", "group_success_rates", "hypervolume", "mcts_preference_data",
     "noise_scale",
-    "otc_tool_reward", "pareto_front", "simpo_config", "simpo_loss", "zero_variance_groups", *_TRL_NAMES,
+    "otc_tool_reward", "pareto_front", "self_preference_pairs", "simpo_config", "simpo_loss", "zero_variance_groups", *_TRL_NAMES,
 ]
 
 

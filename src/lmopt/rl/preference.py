@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import random
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -147,4 +149,29 @@ def simpo_loss(chosen_avg_logp: torch.Tensor, rejected_avg_logp: torch.Tensor, b
     return -(1.0 - label_smoothing) * F.logsigmoid(z) - label_smoothing * F.logsigmoid(-z)
 
 
-__all__ = ["DIVERGENCES", "SIMPO_PRESETS", "f_prime", "fdpo_config", "fdpo_loss", "simpo_config", "simpo_loss"]
+def self_preference_pairs(prompts: Sequence[Any], samples: Sequence[Sequence[str]], scores: Sequence[Sequence[float]],
+                          *, threshold: float = 1.0, pairs_per_prompt: int = 1, seed: int = 0) -> list[dict[str, Any]]:
+    """Preference rows ``{"prompt", "chosen", "rejected"}`` from a model's own samples: for each prompt, a
+    chosen sample scoring ≥ ``threshold`` and a rejected one below it, drawn without replacement among the
+    distinct texts (up to ``pairs_per_prompt`` pairs). Prompts whose samples are all right or all wrong give
+    no pair. The rows are what TRL's DPO/CPO trainers take."""
+    if not (len(prompts) == len(samples) == len(scores)):
+        raise ValueError(f"prompts, samples and scores differ in length: {len(prompts)}, {len(samples)}, "
+                         f"{len(scores)}")
+    if isinstance(pairs_per_prompt, bool) or not isinstance(pairs_per_prompt, int) or pairs_per_prompt < 1:
+        raise ValueError(f"pairs_per_prompt must be a positive int, got {pairs_per_prompt!r}")
+    rng = random.Random(f"pairs:{seed}")
+    rows = []
+    for i, (prompt, texts, vals) in enumerate(zip(prompts, samples, scores)):
+        if len(texts) != len(vals):
+            raise ValueError(f"prompt {i}: {len(texts)} samples but {len(vals)} scores")
+        good = list(dict.fromkeys(t for t, v in zip(texts, vals) if v >= threshold))
+        bad = list(dict.fromkeys(t for t, v in zip(texts, vals) if v < threshold))
+        rng.shuffle(good)
+        rng.shuffle(bad)
+        rows += [{"prompt": prompt, "chosen": c, "rejected": r} for c, r in zip(good, bad)][:pairs_per_prompt]
+    return rows
+
+
+__all__ = ["DIVERGENCES", "SIMPO_PRESETS", "f_prime", "fdpo_config", "fdpo_loss", "self_preference_pairs",
+           "simpo_config", "simpo_loss"]
