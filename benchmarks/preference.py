@@ -37,13 +37,13 @@ import torch
 
 from benchmarks._common import median_spread, paired_difference, parse_args, save_plot, write_result
 
-PAIRS_CPU = {"train_questions": 300, "eval_questions": 150, "samples": 4, "steps": 30, "batch": 8, "lr": 2e-4,
+PAIRS_CPU = {"train_questions": 300, "eval_questions": 150, "samples": 4, "steps": 20, "batch": 8, "lr": 2e-4,
              "lora_r": 16, "bf16": False}
 PAIRS_QUICK = {**PAIRS_CPU, "train_questions": 12, "eval_questions": 9, "steps": 1, "batch": 4}
 PAIRS_GPU = {**PAIRS_CPU, "train_questions": 3000, "eval_questions": 600, "samples": 8, "steps": 400,
              "batch": 32, "lr": 1e-4, "bf16": True}
-TOOL_CPU = {"prompts_per_step": 4, "num_generations": 4, "max_completion_length": 40, "steps": 12,
-            "eval_questions": 40, "lr": 1e-5, "bf16": False}
+TOOL_CPU = {"prompts_per_step": 4, "num_generations": 4, "max_completion_length": 40, "steps": 8,
+            "eval_questions": 32, "lr": 1e-5, "bf16": False}
 TOOL_QUICK = {**TOOL_CPU, "prompts_per_step": 1, "steps": 1, "eval_questions": 4, "max_completion_length": 24}
 TOOL_GPU = {**TOOL_CPU, "prompts_per_step": 16, "num_generations": 8, "steps": 200, "eval_questions": 400,
             "lr": 1e-6, "bf16": True}
