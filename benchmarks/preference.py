@@ -37,11 +37,11 @@ import torch
 
 from benchmarks._common import median_spread, paired_difference, parse_args, save_plot, write_result
 
-PAIRS_CPU = {"train_questions": 300, "eval_questions": 150, "samples": 4, "steps": 20, "batch": 8, "lr": 2e-4,
-             "lora_r": 16, "bf16": False}
+PAIRS_CPU = {"train_questions": 240, "eval_questions": 120, "samples": 4, "steps": 16, "batch": 4, "lr": 2e-4,
+             "lora_r": 16, "bf16": False, "shots": False}
 PAIRS_QUICK = {**PAIRS_CPU, "train_questions": 12, "eval_questions": 9, "steps": 1, "batch": 4}
 PAIRS_GPU = {**PAIRS_CPU, "train_questions": 3000, "eval_questions": 600, "samples": 8, "steps": 400,
-             "batch": 32, "lr": 1e-4, "bf16": True}
+             "batch": 32, "lr": 1e-4, "bf16": True, "shots": True}
 TOOL_CPU = {"prompts_per_step": 4, "num_generations": 4, "max_completion_length": 40, "steps": 8,
             "eval_questions": 32, "lr": 1e-5, "bf16": False}
 TOOL_QUICK = {**TOOL_CPU, "prompts_per_step": 1, "steps": 1, "eval_questions": 4, "max_completion_length": 24}
@@ -54,8 +54,8 @@ DATA_SEED = 2000
 
 # -- stage pairs ---------------------------------------------------------------------------------------
 def tweet_questions(conf: dict[str, Any]) -> dict[str, list[dict[str, str]]]:
-    """Disjoint training and held-out tweets (balanced classes, annotation confidence ≥ 0.6) in a few-shot
-    prompt with one fixed exemplar per class."""
+    """Disjoint training and held-out tweets (balanced classes, annotation confidence ≥ 0.6) after the task's
+    instruction, with one fixed exemplar per class when ``conf["shots"]`` (3x longer prompts)."""
     from lmopt.data import load_tweets
 
     n_train, n_eval = conf["train_questions"], conf["eval_questions"]
@@ -68,8 +68,9 @@ def tweet_questions(conf: dict[str, Any]) -> dict[str, list[dict[str, str]]]:
             shots[e.target] = e
         else:
             rest.append(e)
-    head = task.instruction + "\n\n" + "".join(f"Tweet: {shots[lab].input}\nSentiment: {lab}\n\n"
-                                                for lab in task.labels)
+    head = task.instruction + "\n\n"
+    if conf["shots"]:
+        head += "".join(f"Tweet: {shots[lab].input}\nSentiment: {lab}\n\n" for lab in task.labels)
     rows = [{"prompt": f"{head}Tweet: {e.input}\nSentiment:", "answer": e.target} for e in rest]
     return {"train": rows[:n_train], "eval": rows[n_train:n_train + n_eval]}
 

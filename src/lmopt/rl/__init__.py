@@ -57,8 +57,8 @@ __all__ = [
     "MoPPSSampler", "OTCReward", "ReDitReward", "RewardModelFunction", "answer_entropy", "combine_rewards",
     "copo_advantages", "copo_settings", "dither", "fdpo_config", "fdpo_loss", "final_answer", "gradient_scores",
     "gradient_weight_update", "grpo_advantages", "group_success_rates", "hypervolume", "mcts_preference_data",
-    "noise_scale",
-    "otc_tool_reward", "pareto_front", "self_preference_pairs", "simpo_config", "simpo_loss", "zero_variance_groups", *_TRL_NAMES,
+    "noise_scale", "otc_tool_reward", "pareto_front", "self_preference_pairs", "simpo_config", "simpo_loss",
+    "zero_variance_groups", *_TRL_NAMES,
 ]
 
 
