@@ -202,7 +202,8 @@ def run_pair_arm(arm: str, conf: dict[str, Any], data: dict[str, Any], seed: int
            "task_accuracy": task_accuracy(policy, tok, data["eval_questions"]),
            "final_loss": statistics.fmean(h["loss"] for h in trainer.state.log_history if "loss" in h)}
     if arm == "sparsepo":
-        sp = [h[k] for h in trainer.state.log_history for k in h if k.startswith("sparsepo/") and k.endswith("_sparsity")]
+        sp = [h[k] for h in trainer.state.log_history for k in h
+              if k.startswith("sparsepo/") and k.endswith("_sparsity")]
         row["mask_sparsity_last"] = sp[-1] if sp else None
     return row
 
