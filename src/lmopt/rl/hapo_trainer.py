@@ -7,9 +7,8 @@ them patched in TRL's files:
   extra logits processor that divides each step's logits by ``1 + τ ĥ`` (TRL's temperature ``T`` is applied
   after it, by transformers' own warper, so a token is sampled at ``T (1 + τ ĥ)``). ``ĥ`` uses the entropy
   statistics of the previous optimisation step's tokens (the released order). Not applied with vLLM or
-  continuous batching (a warning says so). With a ``rollout_func`` (e.g. :class:`~lmopt.rl.tool_rollout.
-  CalcToolRollout`), ``_generate`` offers the same processor as ``generation_logits_processors`` for the
-  rollout to apply.
+  continuous batching (a warning says so). With a ``rollout_func`` (e.g. ``CalcToolRollout``),
+  ``_generate`` offers the same processor as ``generation_logits_processors`` for the rollout to apply.
 * ``_generate_and_score_completions`` — the advantages become HAPO's token-level group averages.
 * ``_compute_loss`` — HAPO's per-token loss (adaptive clipping, advantage redistribution, dual clip),
   token-mean over the batch as TRL's ``loss_type="dapo"``; TRL's KL term is added when ``beta != 0``.
