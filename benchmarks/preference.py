@@ -116,6 +116,7 @@ def build_pairs(conf: dict[str, Any]) -> dict[str, Any]:
         out[f"{split}_questions"] = qs
         out[f"{split}_sample_accuracy"] = statistics.fmean(v for s in scores for v in s)
     out["base_accuracy"] = task_accuracy(model, tok, out["eval_questions"])
+    out["base_pref_acc_avg_logp"] = avg_logp_accuracy(model, tok, out["eval"])  # same loaded model
     return out
 
 
@@ -154,10 +155,8 @@ def preference_metrics(model, tok, pairs: list[dict[str, str]]) -> dict[str, flo
             "margin_logratio": float(((pc - rc) - (pr - rr)).mean())}
 
 
-def base_preference_accuracy(pairs: list[dict[str, str]]) -> float:
-    from lmopt.assets import load_causal_lm
-
-    model, tok = load_causal_lm(torch.float32)
+def avg_logp_accuracy(model, tok, pairs: list[dict[str, str]]) -> float:
+    """Share of pairs whose chosen response has the higher mean log π (no reference needed)."""
     prompts = [p["prompt"] for p in pairs]
     pc, lc = _response_logps(model, tok, prompts, [p["chosen"] for p in pairs])
     pr, lr = _response_logps(model, tok, prompts, [p["rejected"] for p in pairs])
@@ -232,9 +231,9 @@ def stage_pairs(conf: dict[str, Any], seeds: list[int], arms: tuple[str, ...], u
                 [r["task_accuracy"] - d["task_accuracy"] for r, d in zip(rs, runs["dpo"])])
         table[arm]["runs"] = rs
     return {"config": conf, "n_train_pairs": len(data["train"]), "n_eval_pairs": len(data["eval"]),
-            "base": {"task_accuracy": data["base_accuracy"], "pref_acc_avg_logp": base_preference_accuracy(
-                data["eval"]), "train_sample_accuracy": data["train_sample_accuracy"],
-                "eval_sample_accuracy": data["eval_sample_accuracy"]},
+            "base": {"task_accuracy": data["base_accuracy"], "pref_acc_avg_logp": data["base_pref_acc_avg_logp"],
+                     "train_sample_accuracy": data["train_sample_accuracy"],
+                     "eval_sample_accuracy": data["eval_sample_accuracy"]},
             "example_pairs": data["train"][:3], "arms": table}
 
 
