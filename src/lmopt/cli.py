@@ -17,6 +17,18 @@ from . import __version__
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="lmopt: optimisation of language-model systems (weights, prompts, rewards).")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"lmopt {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="print the version and exit")] = False) -> None:
+    """lmopt: optimisation of language-model systems (weights, prompts, rewards)."""
 # soft_wrap: an error naming a path or a command must never be broken across lines, whatever the
 # terminal width (users copy it, tests search it).
 console = Console(stderr=True, soft_wrap=True)
@@ -57,6 +69,9 @@ def info() -> None:
 
 
 def _run(paths: list[Path], out: Path, run_id: str | None) -> None:
+    from .lm.cache import CacheError
+    from .lm.openai_compat import LMError
+    from .lm.usage import BudgetExceeded
     from .recipe import RecipeError
     from .runner import run_recipe
 
@@ -70,6 +85,22 @@ def _run(paths: list[Path], out: Path, run_id: str | None) -> None:
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]: run the same command again to resume")
         raise typer.Exit(130) from None
+    except BudgetExceeded as exc:
+        _error(f"{exc} Calls already answered are in the call cache: a re-run with a larger budget does "
+               "not pay for them again.")
+        raise typer.Exit(1) from None
+    except (LMError, CacheError, OSError) as exc:
+        _error(f"{_one_line(exc)}; fix that, then run the same command again to resume (finished steps and "
+               "cached calls are not redone)")
+        raise typer.Exit(1) from None
+    except (ValueError, TypeError) as exc:  # bad task arguments, model ids, method parameters
+        _error(_one_line(exc))
+        raise typer.Exit(2) from None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if isinstance(exc, (ValueError, TypeError)) else f"{type(exc).__name__}: {text}"
 
 
 RecipeArg = Annotated[Path, typer.Argument(help="YAML recipe (see recipes/)")]

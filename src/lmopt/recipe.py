@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class RecipeError(ValueError):
@@ -44,8 +44,25 @@ class ModelSpec(_Strict):
     device: str = "cpu"
     base_url: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
+    # OpenAI-compatible servers only (see lmopt.lm.OpenAICompatibleLM); split_n also for a replay of one
+    split_n: bool = False
+    max_concurrency: int = Field(8, ge=1)
+    timeout: float = Field(60.0, gt=0)
+    max_retries: int = Field(5, ge=0)
     replay_path: str | None = None
     replay_name: str | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> ModelSpec:
+        if self.backend == "openai" and not self.id:
+            raise ValueError("backend 'openai' needs id: the model name the server serves")
+        if self.backend == "replay" and not (self.replay_path and self.replay_name):
+            raise ValueError("backend 'replay' needs replay_path and replay_name")
+        server_only = [f for f in ("split_n", "max_concurrency", "timeout", "max_retries")
+                       if f in self.model_fields_set and not (f == "split_n" and self.backend == "replay")]
+        if self.backend != "openai" and server_only:
+            raise ValueError(f"{', '.join(server_only)} only apply to backend 'openai', not {self.backend!r}")
+        return self
 
 
 class SplitSpec(_Strict):
@@ -78,6 +95,14 @@ class EvaluateRecipe(_Strict):
     budget: dict[str, dict[str, int]] = Field(default_factory=dict)
     task: TaskSpec
     prompts: list[PromptSpec] = Field(min_length=1)
+
+    @field_validator("budget")
+    @classmethod
+    def _budget(cls, v: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+        from .lm.usage import Budget
+
+        Budget.from_dict(v)  # raises with the reason, before any model is loaded
+        return v
 
     @field_validator("prompts")
     @classmethod

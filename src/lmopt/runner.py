@@ -9,6 +9,7 @@ cache, repeated LM calls are free).
 from __future__ import annotations
 
 import importlib
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,13 +23,26 @@ from ._io import read_json, write_json_atomic, write_text_atomic
 from ._report import chance_level, label_bars, noise_level, save_figure
 from .recipe import RecipeError, load_recipe, recipe_id, validate_evaluate
 
-# kind -> (module, run function, plot function); runners take (cfg, run_dir, progress) -> results dict.
-KINDS: dict[str, tuple[str, str, str | None]] = {
-    "evaluate": ("lmopt.runner", "run_evaluate", "plot_evaluate"),
-    "prompt": ("lmopt.prompt.recipe", "run_prompt_recipe", "plot_prompt_results"),
-    "prompt_compare": ("lmopt.prompt.recipe", "run_prompt_compare", "plot_prompt_compare"),
-    "optim": ("lmopt.optim_recipe", "run_optim_recipe", "plot_optim_results"),
+# kind -> (module, run function, plot function, validator); runners take (cfg, run_dir, progress) -> results
+# dict; validators take the cfg and raise RecipeError before anything is written or loaded.
+KINDS: dict[str, tuple[str, str, str | None, str]] = {
+    "evaluate": ("lmopt.runner", "run_evaluate", "plot_evaluate", "lmopt.recipe:validate_evaluate"),
+    "prompt": ("lmopt.prompt.recipe", "run_prompt_recipe", "plot_prompt_results",
+               "lmopt.prompt.recipe:validate_prompt_recipe"),
+    "prompt_compare": ("lmopt.prompt.recipe", "run_prompt_compare", "plot_prompt_compare",
+                       "lmopt.prompt.recipe:validate_prompt_compare"),
+    "optim": ("lmopt.optim_recipe", "run_optim_recipe", "plot_optim_results",
+              "lmopt.optim_recipe:validate_optim_recipe"),
 }
+
+
+def validate_recipe(cfg: dict[str, Any]) -> Any:
+    """The validated recipe of ``cfg``'s kind; raises :class:`RecipeError` naming each field to fix."""
+    kind = cfg.get("kind")
+    if kind not in KINDS:
+        raise RecipeError(f"recipe kind {kind!r} is not known; choose one of {sorted(KINDS)}")
+    module, fn = KINDS[kind][3].split(":")
+    return getattr(importlib.import_module(module), fn)(cfg)
 
 
 def _progress(console: Console) -> Progress:
@@ -41,22 +55,27 @@ def run_recipe(recipe: str | Path | dict[str, Any], out_dir: str | Path = "runs"
     """Run (or resume) a recipe; returns the run directory."""
     console = console or Console(stderr=True, soft_wrap=True)
     cfg = load_recipe(recipe) if not isinstance(recipe, dict) else dict(recipe)
-    kind = cfg.get("kind")
-    if kind not in KINDS:
-        raise RecipeError(f"recipe kind {kind!r} is not known; choose one of {sorted(KINDS)}")
+    validate_recipe(cfg)  # before the run directory exists: an invalid recipe leaves nothing behind
+    kind = cfg["kind"]
     run_dir = Path(out_dir) / (run_id or recipe_id(cfg))
-    run_dir.mkdir(parents=True, exist_ok=True)
     saved = run_dir / "recipe.yaml"
     if saved.exists() and yaml.safe_load(saved.read_text()) != cfg:
         raise RecipeError(f"{run_dir} holds a run of a different recipe; choose another --id or out dir")
+    created = not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(saved, yaml.safe_dump(cfg, sort_keys=False))
-    module, fn_name, plot_name = KINDS[kind]
+    module, fn_name, plot_name, _ = KINDS[kind]
     mod = importlib.import_module(module)
     run_fn: Callable[..., dict[str, Any]] = getattr(mod, fn_name)
     console.print(f"[bold]lmopt run[/] {cfg['name']} ({kind}) → {run_dir}")
     t0 = time.perf_counter()
-    with _progress(console) as progress:
-        results = run_fn(cfg, run_dir, progress)
+    try:
+        with _progress(console) as progress:
+            results = run_fn(cfg, run_dir, progress)
+    except BaseException:
+        if created and [p.name for p in run_dir.iterdir()] == ["recipe.yaml"]:
+            shutil.rmtree(run_dir)  # nothing done yet: no stale directory that blocks a corrected recipe
+        raise
     results.setdefault("wall_time_s", round(time.perf_counter() - t0, 2))
     plots = [str(p.name) for p in getattr(mod, plot_name)(results, run_dir)] if plot_name else []
     results["plots"] = plots

@@ -209,3 +209,79 @@ def test_score_axes_stay_0_to_1_and_other_metrics_include_zero():
 def test_noise_level_is_the_binomial_standard_error():
     assert runner.noise_level(0.5, 100) == pytest.approx(0.05)
     assert runner.noise_level(0.0, 25) == pytest.approx((1 / 25 * 24 / 25 / 25) ** 0.5)  # never a zero error bar
+
+
+def _write(tmp_path, recipe, name="r.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def test_an_invalid_recipe_leaves_no_run_directory_and_loads_no_model(tmp_path, monkeypatch):
+    loaded = []
+    monkeypatch.setattr("lmopt.lm.factory.make_lm", lambda *a, **k: loaded.append(1))
+    bad = json.loads(json.dumps(RECIPE))
+    bad["budget"] = {"task": {"calls": -5}}
+    out = cli_run(tmp_path, bad, "--id", "same")
+    assert out.exit_code == 2 and "budget limit calls must be a non-negative int" in out.output
+    assert not (tmp_path / "runs" / "same").exists() and not loaded
+    bad["budget"] = {"task": {"cals": 5}}
+    assert "unknown budget limit(s) ['cals']" in cli_run(tmp_path, bad, "--id", "same").output
+
+
+def test_a_corrected_recipe_runs_under_the_id_of_a_failed_one(tmp_path, scripted):
+    bad = json.loads(json.dumps(RECIPE))
+    bad["task"]["kwargs"] = {"per_class": -1}  # valid recipe, the task loader rejects it
+    out = cli_run(tmp_path, bad, "--id", "same")
+    assert out.exit_code == 2 and "per_class must be a positive int" in out.output
+    assert "Traceback" not in out.output and out.output.count("error:") == 1
+    assert not (tmp_path / "runs" / "same").exists()
+    ok = cli_run(tmp_path, RECIPE, "--id", "same")
+    assert ok.exit_code == 0, ok.output
+
+
+@pytest.mark.parametrize("field, value, msg", [
+    ("model", {"backend": "openai"}, "backend 'openai' needs id"),
+    ("model", {"backend": "local", "timeout": 5}, "timeout only apply to backend 'openai'"),
+    ("model", {"backend": "replay", "replay_path": "x.jsonl"}, "needs replay_path and replay_name"),
+])
+def test_model_sections_are_checked_before_anything_runs(tmp_path, field, value, msg):
+    bad = {**json.loads(json.dumps(RECIPE)), field: value}
+    out = cli_run(tmp_path, bad)
+    assert out.exit_code == 2 and msg in out.output, out.output
+
+
+def test_a_server_failure_is_one_error_line_with_the_resume_hint(tmp_path, monkeypatch):
+    from lmopt.lm.openai_compat import LMConnectionError
+
+    def down(p, c, j):
+        raise LMConnectionError("cannot reach POST /v1/completions on openai:m@127.0.0.1:9; is the server running?")
+
+    backend = ScriptedBackend(down)
+    monkeypatch.setattr("lmopt.lm.factory.make_lm", lambda *a, **k: LM(backend))
+    recipe = {**json.loads(json.dumps(RECIPE)), "prompts": [{"name": "g", "mode": "generate"}]}
+    out = cli_run(tmp_path, recipe)
+    assert out.exit_code == 1 and "Traceback" not in out.output
+    (line,) = [ln for ln in out.output.splitlines() if ln.startswith("error:")]
+    assert "LMConnectionError: cannot reach" in line and "run the same command again to resume" in line
+
+
+def test_openai_model_options_reach_the_backend(monkeypatch):
+    from lmopt.lm.factory import make_lm
+    from lmopt.recipe import ModelSpec
+
+    spec = ModelSpec(backend="openai", id="m", base_url="http://127.0.0.1:9/v1", split_n=True,
+                     max_concurrency=3, timeout=7.5, max_retries=1)
+    b = make_lm(spec.model_dump(), cache=False).backend
+    assert (b.split_n, b.max_concurrency, b.timeout, b.max_retries) == (True, 3, 7.5, 1)
+
+
+def test_version_option():
+    from lmopt import __version__
+
+    out = CliRunner().invoke(app, ["--version"])
+    assert out.exit_code == 0 and out.output.strip() == f"lmopt {__version__}"
+
+
+def cli_run(tmp_path, recipe, *args):
+    return CliRunner().invoke(app, ["run", str(_write(tmp_path, recipe)), "--out", str(tmp_path / "runs"), *args])

@@ -9,6 +9,7 @@ Default answers:
   words of all choices.
 
 ``push(...)`` queues one-off answers (status, body, headers, delay) that are served first, in order.
+``die_after = k`` answers k more requests, then drops every connection unanswered (a server that died).
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ class FakeOpenAIServer:
         self.ignore_n = False  # behave like servers that always return one choice
         self.no_logprobs = False  # behave like servers without echo/logprobs
         self.delay = 0.0  # added to every default answer
+        self.die_after: int | None = None
+        self.answered = 0
         self.in_flight = 0
         self.max_in_flight = 0
         self.clients: set[tuple[str, int]] = set()
@@ -136,6 +139,13 @@ def _make_handler(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
                 body = json.loads(raw)
             except json.JSONDecodeError:
                 body = {"_raw": raw.decode("utf-8", "replace")}
+            with server._lock:
+                dead = server.die_after is not None and server.answered >= server.die_after
+                if not dead:
+                    server.answered += 1
+            if dead:
+                self.close_connection = True  # no answer at all: the client sees a dropped connection
+                return
             with server._lock:
                 server.requests.append({"path": self.path, "headers": headers, "body": body})
                 server.clients.add(self.client_address)

@@ -206,10 +206,14 @@ def test_request_error_not_retried(fake_server):
     assert len(fake_server.requests) == 1
 
 
-def test_connection_refused_typed():
+def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+        return s.getsockname()[1]
+
+
+def test_connection_refused_typed():
+    port = _free_port()
     lm = OpenAICompatibleLM("m", f"http://127.0.0.1:{port}/v1", max_retries=1, backoff=FAST)
     with pytest.raises(LMConnectionError, match="is the server running") as ei:
         lm.generate(["x"], GenerationConfig())
@@ -319,3 +323,110 @@ def test_base_url_without_v1_gets_a_hint(fake_server):
     with pytest.raises(LMRequestError) as ei:
         make(fake_server).generate(["x"], GenerationConfig())
     assert "has no /v1" not in str(ei.value)
+
+
+# -- a server that dies in the middle of a batch -----------------------------------------------------
+@pytest.mark.parametrize("n", [1, 2])
+def test_calls_answered_before_the_server_dies_are_cached_and_charged(fake_server, tmp_path, n):
+    prompts = [f"prompt number {i}" for i in range(96)]
+    config = GenerationConfig(max_new_tokens=8, temperature=1.0, n=n, seed=3)
+    fake_server.delay = 0.01
+    fake_server.die_after = 24
+    cache = CallCache(tmp_path / "c.sqlite")
+    lm = LM(make(fake_server, max_concurrency=8, max_retries=1), cache=cache)  # one chunk of 96
+    with pytest.raises(LMConnectionError, match="gave up after 2 attempts"):
+        lm.generate(prompts, config)
+    assert len(cache) == 24 * n  # every answered request is kept, whatever happened to the rest of its chunk
+    usage = lm.usage()["task"]
+    assert usage["calls"] == 24
+    assert usage["completion_tokens"] == 2 * 24 * n  # the fake server counts words: "3:0:prompt numbe"
+    answered = {r["body"]["prompt"] for r in fake_server.requests}
+
+    fake_server.die_after = None  # the server is back: a re-run pays only for what was not done
+    before = len(fake_server.requests)
+    lm2 = LM(make(fake_server), cache=cache)
+    out = lm2.generate(prompts, config)
+    resent = [r["body"]["prompt"] for r in fake_server.requests[before:]]
+    assert len(resent) == 72 and not answered & set(resent)
+    assert lm2.usage()["task"]["cached_calls"] == 24
+    assert [c.text for c in out[0]] == [f"3:{j}:{prompts[0][:12]}" for j in range(n)]
+
+
+def test_scores_answered_before_the_server_dies_are_kept(fake_server, tmp_path):
+    fake_server.die_after = 5
+    cache = CallCache(tmp_path / "c.sqlite")
+    lm = LM(make(fake_server, max_concurrency=4, max_retries=0), cache=cache)
+    with pytest.raises(LMConnectionError):
+        lm.score([f"the prompt {i}" for i in range(20)], [" one more word"] * 20)
+    assert len(cache) == 5 and lm.usage()["task"]["calls"] == 5
+
+
+def test_other_requests_finish_when_one_is_rejected(fake_server, tmp_path):
+    fake_server.push(400, {"error": {"message": "bad prompt"}})  # the first request fails at once
+    cache = CallCache(tmp_path / "c.sqlite")
+    lm = LM(make(fake_server, max_concurrency=2), cache=cache)
+    with pytest.raises(LMRequestError):
+        lm.generate([f"p{i}" for i in range(6)], GenerationConfig(max_new_tokens=4))
+    assert len(cache) == 5  # the other five were answered and paid: kept, not cancelled
+
+
+# -- options that change outputs are in the cache key ------------------------------------------------
+def test_split_n_is_part_of_the_key_of_multi_sample_requests(fake_server, tmp_path):
+    cache = CallCache(tmp_path / "c.sqlite")
+    cfg4 = GenerationConfig(max_new_tokens=4, temperature=1.0, n=4, seed=7)
+    joint = LM(make(fake_server), cache=cache).generate(["same prompt"], cfg4)[0]
+    split = LM(make(fake_server, split_n=True), cache=cache).generate(["same prompt"], cfg4)[0]
+    assert [c.text for c in joint] == [f"7:{j}:same prompt" for j in range(4)]
+    assert [c.text for c in split] == [f"{7 + j}:0:same prompt" for j in range(4)]
+    assert not any(c.cached for c in split)
+    cfg1 = GenerationConfig(max_new_tokens=4, temperature=1.0, n=1, seed=7)
+    LM(make(fake_server), cache=cache).generate(["one sample"], cfg1)
+    again = LM(make(fake_server, split_n=True), cache=cache).generate(["one sample"], cfg1)[0]
+    assert again[0].cached  # n=1 requests are the same with or without split_n: the key is shared
+
+
+def test_split_n_recording_replays_with_split_n(fake_server, tmp_path):
+    rec = tmp_path / "rec.jsonl"
+    cfg = GenerationConfig(max_new_tokens=4, temperature=1.0, n=3, seed=1)
+    backend = make(fake_server, split_n=True)
+    with JsonlRecorder(rec) as r:
+        want = LM(backend, recorder=r).generate(["p"], cfg)[0]
+    got = LM(ReplayBackend(rec, name=backend.name, split_n=True)).generate(["p"], cfg)[0]
+    assert [c.text for c in got] == [c.text for c in want]
+    with pytest.raises(Exception, match="replay miss"):
+        LM(ReplayBackend(rec, name=backend.name)).generate(["p"], cfg)
+
+
+# -- score support is probed, not assumed ------------------------------------------------------------
+def test_score_support_is_probed_once_per_server(fake_server, caplog):
+    fake_server.no_logprobs = True
+    with caplog.at_level(logging.WARNING):
+        assert make(fake_server).supports_score is False
+        assert LM(make(fake_server)).supports_score is False  # a second object: no second probe
+    assert len(fake_server.bodies("/completions")) == 1
+    assert "evaluations in mode 'auto' use generation" in caplog.text
+    assert make(fake_server, supports_logprobs=True).supports_score is True  # stated, not probed
+    assert len(fake_server.bodies("/completions")) == 1
+
+
+def test_auto_mode_evaluates_by_generation_on_a_server_without_logprobs(fake_server):
+    from lmopt.data import load_task
+    from lmopt.prompt.evaluator import evaluate_prompt
+
+    fake_server.no_logprobs = True
+    task = load_task("tweets", per_class=2)
+    res = evaluate_prompt(LM(make(fake_server)), task, task.instruction, task.examples[:3])
+    assert res.mode == "generate"
+    probe = make(fake_server.__class__().start())  # a server with log-probs scores
+    try:
+        assert probe.supports_score is True
+    finally:
+        probe.close()
+
+
+def test_errors_are_not_chained_to_the_event_loop_check():
+    port = _free_port()
+    lm = OpenAICompatibleLM("m", f"http://127.0.0.1:{port}/v1", max_retries=0)
+    with pytest.raises(LMConnectionError) as info:
+        lm.generate(["x"], GenerationConfig(max_new_tokens=2))
+    assert "no running event loop" not in "".join(traceback.format_exception(info.value))

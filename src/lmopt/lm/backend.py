@@ -7,7 +7,8 @@ for every backend, by :class:`lmopt.lm.client.LM`.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from .types import Completion, GenerationConfig, Score
 
@@ -25,6 +26,24 @@ class Backend(ABC):
     def chat(self, conversations: Sequence[tuple[tuple[str, str], ...]],
              config: GenerationConfig) -> list[list[Completion]]:
         """Answer each conversation (validated (role, content) tuples); ``config.n`` completions each."""
+
+    # The ``*_each`` forms hand every result to ``on_result(index, result)`` as soon as it exists, so that a
+    # caller can cache and charge it even if a later request of the same batch fails. Backends that answer
+    # requests one by one (HTTP servers) override them; batched backends deliver a whole batch at once.
+    def generate_each(self, prompts: Sequence[str], config: GenerationConfig,
+                      on_result: Callable[[int, list[Completion]], None]) -> None:
+        for i, comps in enumerate(self.generate(prompts, config)):
+            on_result(i, comps)
+
+    def chat_each(self, conversations: Sequence[tuple[tuple[str, str], ...]], config: GenerationConfig,
+                  on_result: Callable[[int, list[Completion]], None]) -> None:
+        for i, comps in enumerate(self.chat(conversations, config)):
+            on_result(i, comps)
+
+    def score_each(self, prompts: Sequence[str], continuations: Sequence[str],
+                   on_result: Callable[[int, Score], None]) -> None:
+        for i, s in enumerate(self.score(prompts, continuations)):
+            on_result(i, s)
 
     def score(self, prompts: Sequence[str], continuations: Sequence[str]) -> list[Score]:
         """Log-probability of each continuation after its prompt."""
@@ -46,6 +65,12 @@ class Backend(ABC):
     def supports_choose(self) -> bool:
         """Whether a closed set of answers to a conversation can be scored instead of generated."""
         return self.supports_score and type(self).render_chat is not Backend.render_chat
+
+    def key_options(self, config: GenerationConfig) -> dict[str, Any]:
+        """Backend settings that change the outputs of a request with ``config`` and so belong in its cache
+        key (empty for most backends; ``OpenAICompatibleLM(split_n=True)`` returns ``{"split_n": True}`` when
+        ``config.n > 1``). Cache keys of requests it returns nothing for stay as they were."""
+        return {}
 
     def count_tokens(self, text: str) -> int:
         """Token count used for budget estimates; backends with a tokenizer override this."""

@@ -50,8 +50,9 @@ class LM:
             that a total budget covers both; default: a new meter with ``budget``.
         recorder: receives every answered call (cache hits included) for later replay.
         chunk_size: uncached requests go to the backend in chunks of this many (for ``score``: this many
-            distinct prompts, with all their continuations); each chunk is charged, cached and recorded
-            before the next, so a failure late in a long batch loses little.
+            distinct prompts, with all their continuations); the budget is checked per chunk (worst case),
+            and every answered request is charged, cached and recorded as soon as the backend hands it
+            over, so a failure in the middle of a chunk loses nothing already paid for.
     """
 
     def __init__(self, backend: Backend, *, cache: CallStore | None = None, budget: Budget | None = None,
@@ -104,7 +105,7 @@ class LM:
     def _sampled(self, kind: str, items: list[Any], payloads: list[dict[str, Any]],
                  config: GenerationConfig, role: str) -> list[list[Completion]]:
         _check_role(role)
-        fields = config.key_fields()
+        fields = {**config.key_fields(), **self.backend.key_options(config)}
         keys = [[request_key(kind, self.name, {**p, "config": fields}, j) for j in range(config.n)]
                 for p in payloads]
         results: dict[str, list[Completion]] = {}  # first sample key -> completions
@@ -123,16 +124,20 @@ class LM:
             n_hits += 1
             for j, (k, c) in enumerate(zip(ks, cached)):
                 self._record(k, {"kind": kind, **payloads[i], "config": fields, "sample": j}, c)
-        call = self.backend.generate if kind == "generate" else self.backend.chat
-        for chunk in _chunks(misses, self.chunk_size):  # each chunk is paid, cached and recorded before the next
+        call = self.backend.generate_each if kind == "generate" else self.backend.chat_each
+        for chunk in _chunks(misses, self.chunk_size):
             est_prompt = sum(self._estimate_tokens(items[i]) for i in chunk)
             self.meter.check(role, len(chunk), est_prompt, len(chunk) * config.n * config.max_new_tokens)
-            fresh = call([items[i] for i in chunk], config)
-            if len(fresh) != len(chunk) or any(len(f) != config.n for f in fresh):
-                raise RuntimeError(f"backend {self.name!r} returned a wrong number of completions")
-            self.meter.charge(role, len(chunk), sum(f[0].prompt_tokens for f in fresh if f),
-                              sum(c.completion_tokens for f in fresh for c in f))
-            for i, comps in zip(chunk, fresh):
+
+            def done(pos: int, comps: list[Completion], chunk: list[int] = chunk) -> None:
+                # charged, cached and recorded as each request finishes: a later failure in the same chunk
+                # (a server that dies) loses nothing already paid for
+                if not 0 <= pos < len(chunk) or len(comps) != config.n or keys[chunk[pos]][0] in results:
+                    raise RuntimeError(f"backend {self.name!r} returned a wrong or repeated result ({pos}, "
+                                       f"{len(comps)} completions) for a chunk of {len(chunk)} x n={config.n}")
+                i = chunk[pos]
+                self.meter.charge(role, 1, comps[0].prompt_tokens if comps else 0,
+                                  sum(c.completion_tokens for c in comps))
                 results[keys[i][0]] = comps
                 for j, (k, c) in enumerate(zip(keys[i], comps)):
                     val = {"text": c.text, "prompt_tokens": c.prompt_tokens,
@@ -140,6 +145,10 @@ class LM:
                     if self.cache is not None:
                         self.cache.put(k, val)
                     self._record(k, {"kind": kind, **payloads[i], "config": fields, "sample": j}, val)
+
+            call([items[i] for i in chunk], config, done)
+            if any(keys[i][0] not in results for i in chunk):
+                raise RuntimeError(f"backend {self.name!r} returned a wrong number of completions")
         self.meter.charge(role, 0, 0, 0, cached_calls=n_hits)
         return [list(results[ks[0]]) for ks in keys]
 
@@ -155,8 +164,6 @@ class LM:
         if len(ps) != len(cs):
             raise ValueError(f"score needs as many prompts as continuations (or one prompt), "
                              f"got {len(ps)} and {len(cs)}")
-        if not self.backend.supports_score:
-            self.backend.score(ps[:1], cs[:1])  # raises the backend's explanatory error
         keys = [request_key("score", self.name, {"prompt": p, "continuation": c}) for p, c in zip(ps, cs)]
         out: list[Score | None] = [None] * len(ps)
         todo: dict[str, int] = {}
@@ -172,17 +179,23 @@ class LM:
         for idx in _prompt_chunks(list(todo.values()), ps, self.chunk_size):
             est = sum(self.backend.count_tokens(ps[i]) + self.backend.count_tokens(cs[i]) for i in idx)
             self.meter.check(role, len(idx), est, 0)
-            scores = self.backend.score([ps[i] for i in idx], [cs[i] for i in idx])
-            if len(scores) != len(idx):
-                raise RuntimeError(f"backend {self.name!r} returned {len(scores)} scores for {len(idx)} requests")
-            self.meter.charge(role, len(idx), sum(s.prompt_tokens + s.continuation_tokens for s in scores), 0)
-            for i, s in zip(idx, scores):
+
+            def done(pos: int, s: Score, idx: list[int] = idx) -> None:  # as in _sampled: kept as it arrives
+                if not 0 <= pos < len(idx) or keys[idx[pos]] in fresh:
+                    raise RuntimeError(f"backend {self.name!r} returned a wrong or repeated score ({pos}) for "
+                                       f"{len(idx)} requests")
+                i = idx[pos]
+                self.meter.charge(role, 1, s.prompt_tokens + s.continuation_tokens, 0)
                 val = {"logprob": s.logprob, "continuation_tokens": s.continuation_tokens,
                        "prompt_tokens": s.prompt_tokens}
                 if self.cache is not None:
                     self.cache.put(keys[i], val)
                 self._record(keys[i], {"kind": "score", "prompt": ps[i], "continuation": cs[i]}, val)
                 fresh[keys[i]] = s
+
+            self.backend.score_each([ps[i] for i in idx], [cs[i] for i in idx], done)
+            if any(keys[i] not in fresh for i in idx):
+                raise RuntimeError(f"backend {self.name!r} returned too few scores for {len(idx)} requests")
         self.meter.charge(role, 0, 0, 0, cached_calls=n_hits)
         return [o if o is not None else fresh[k] for o, k in zip(out, keys)]
 

@@ -35,6 +35,8 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _SNIPPET_CHARS = 200
+_SCORE_PROBES: dict[tuple[str, str], bool] = {}  # (base_url, model) -> serves prompt log-probs
+_PROBE_LOCK = threading.Lock()
 _TOKEN_PATTERNS = (re.compile(r"(?i)(bearer\s+)[^\s\"',]+"), re.compile(r"\bsk-[A-Za-z0-9_\-*.]{4,}"))
 
 
@@ -118,7 +120,10 @@ class OpenAICompatibleLM(Backend):
         seed: seed of the jitter RNG.
         require_key: raise :class:`LMAuthError` at construction when ``$api_key_env`` is unset or empty.
         split_n: send ``n`` separate requests (``n=1``, seed ``seed + j`` for sample ``j``) instead of one
-            request with ``n``; needed for servers that ignore ``n`` (llama.cpp server, Ollama).
+            request with ``n``; needed for servers that ignore ``n`` (Ollama). Part of the cache key of
+            ``n > 1`` requests, since the samples differ.
+        supports_logprobs: whether the server returns prompt log-probs for ``score``; ``None`` (default)
+            probes it once (see :attr:`supports_score`).
 
     ``generate`` posts ``/completions`` with ``prompt, max_tokens, temperature, top_p, n, seed`` and
     ``stop`` (when set); ``chat`` posts ``/chat/completions``. Token counts come from the answer's
@@ -134,7 +139,8 @@ class OpenAICompatibleLM(Backend):
     def __init__(self, model: str, base_url: str = "https://api.openai.com/v1",
                  api_key_env: str = "OPENAI_API_KEY", max_concurrency: int = 8, timeout: float = 60.0,
                  max_retries: int = 5, backoff: tuple[float, float, float] = (0.5, 2.0, 30.0), *,
-                 seed: int = 0, require_key: bool = False, split_n: bool = False) -> None:
+                 seed: int = 0, require_key: bool = False, split_n: bool = False,
+                 supports_logprobs: bool | None = None) -> None:
         if not isinstance(model, str) or not model.strip():
             raise ValueError(f"model must be the non-empty model name the server serves, got {model!r}")
         if not isinstance(base_url, str):
@@ -174,6 +180,9 @@ class OpenAICompatibleLM(Backend):
         self.seed = seed
         self.require_key = bool(require_key)
         self.split_n = bool(split_n)
+        if supports_logprobs is not None and not isinstance(supports_logprobs, bool):
+            raise ValueError(f"supports_logprobs must be True, False or None (probe), got {supports_logprobs!r}")
+        self.supports_logprobs = supports_logprobs
 
         self._https = parts.scheme == "https"
         self._host = parts.hostname
@@ -205,10 +214,37 @@ class OpenAICompatibleLM(Backend):
         """Pickles the settings only; the copy re-reads the key from its own environment."""
         return {"args": (self.model, self.base_url, self.api_key_env, self.max_concurrency, self.timeout,
                          self.max_retries, self.backoff),
-                "kwargs": {"seed": self.seed, "require_key": self.require_key, "split_n": self.split_n}}
+                "kwargs": {"seed": self.seed, "require_key": self.require_key, "split_n": self.split_n,
+                           "supports_logprobs": self.supports_logprobs}}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(*state["args"], **state["kwargs"])  # type: ignore[misc]
+
+    @property
+    def supports_score(self) -> bool:
+        """Whether the server returns prompt log-probs (``echo`` with ``logprobs``), which ``score`` needs.
+        Probed once per server and model with a two-word request (the answer is kept for this process), unless
+        ``supports_logprobs`` was given; a server that cannot be reached raises its typed error."""
+        if self.supports_logprobs is not None:
+            return self.supports_logprobs
+        where = (self.base_url, self.model)
+        with _PROBE_LOCK:
+            known = _SCORE_PROBES.get(where)
+        if known is None:
+            try:
+                self._run(lambda: self._score_one("Hello", " world"))
+                known = True
+            except (LMNoLogprobsError, LMRequestError) as exc:
+                known = False
+                logger.warning("%s cannot score continuations (%s); evaluations in mode 'auto' use generation",
+                               self.name, type(exc).__name__)
+            with _PROBE_LOCK:
+                _SCORE_PROBES[where] = known
+        return known
+
+    def key_options(self, config: GenerationConfig) -> dict[str, Any]:
+        # split_n sends n requests with seeds seed+j instead of one with n: other samples, other keys
+        return {"split_n": True} if self.split_n and config.n > 1 else {}
 
     # -- transport (worker threads) ---------------------------------------------------------------
     def _pool(self) -> concurrent.futures.ThreadPoolExecutor:
@@ -441,25 +477,43 @@ class OpenAICompatibleLM(Backend):
         return [Completion(text, pt, ct, finish) for (text, finish), ct in zip(choices, cts)]
 
     # -- public async API -------------------------------------------------------------------------
-    async def agenerate(self, prompts: Sequence[str], config: GenerationConfig) -> list[list[Completion]]:
+    async def _each(self, coros: list[Awaitable[T]], on_result: Callable[[int, T], None] | None) -> list[T]:
+        """Run all requests concurrently; each result goes to ``on_result`` as soon as it arrives. A failed
+        request does not cancel the others (they may already be paid for): the first error (in request
+        order) is raised once every request has finished."""
+        async def one(i: int, coro: Awaitable[T]) -> T:
+            result = await coro
+            if on_result is not None:
+                on_result(i, result)
+            return result
+
+        results = await asyncio.gather(*(one(i, c) for i, c in enumerate(coros)), return_exceptions=True)
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+        return results  # type: ignore[return-value]
+
+    async def agenerate(self, prompts: Sequence[str], config: GenerationConfig,
+                        on_result: Callable[[int, list[Completion]], None] | None = None) -> list[list[Completion]]:
         """Async :meth:`generate`: all prompts are sent concurrently (at most ``max_concurrency`` at once)."""
         prompts = _check_texts(prompts, "prompts")
         _check_config(config)
-        return list(await asyncio.gather(*(
+        return await self._each([
             self._sample("/completions", {"prompt": p}, config, lambda p=p: self.count_tokens(p))
-            for p in prompts)))
+            for p in prompts], on_result)
 
-    async def achat(self, conversations: Sequence[tuple[tuple[str, str], ...]],
-                    config: GenerationConfig) -> list[list[Completion]]:
+    async def achat(self, conversations: Sequence[tuple[tuple[str, str], ...]], config: GenerationConfig,
+                    on_result: Callable[[int, list[Completion]], None] | None = None) -> list[list[Completion]]:
         """Async :meth:`chat`."""
         _check_config(config)
         convs = [_check_conversation(c, i) for i, c in enumerate(conversations)]
-        return list(await asyncio.gather(*(
+        return await self._each([
             self._sample("/chat/completions", {"messages": [{"role": r, "content": t} for r, t in c]}, config,
                          lambda c=c: sum(self.count_tokens(t) + 4 for _, t in c))
-            for c in convs)))
+            for c in convs], on_result)
 
-    async def ascore(self, prompts: Sequence[str], continuations: Sequence[str]) -> list[Score]:
+    async def ascore(self, prompts: Sequence[str], continuations: Sequence[str],
+                     on_result: Callable[[int, Score], None] | None = None) -> list[Score]:
         """Async :meth:`score`."""
         prompts = _check_texts(prompts, "prompts")
         continuations = _check_texts(continuations, "continuations")
@@ -470,7 +524,7 @@ class OpenAICompatibleLM(Backend):
             if not p or not c:
                 raise ValueError(f"score pair {i}: prompt and continuation must both be non-empty (the first "
                                  "token of a text has no log-probability)")
-        return list(await asyncio.gather(*(self._score_one(p, c) for p, c in zip(prompts, continuations))))
+        return await self._each([self._score_one(p, c) for p, c in zip(prompts, continuations)], on_result)
 
     async def _score_one(self, prompt: str, continuation: str) -> Score:
         path = "/completions"
@@ -523,7 +577,10 @@ class OpenAICompatibleLM(Backend):
 
         try:
             asyncio.get_running_loop()
+            in_loop = True
         except RuntimeError:
+            in_loop = False
+        if not in_loop:  # outside the except block: errors are not chained to "no running event loop"
             return asyncio.run(main())
         # inside a running event loop (Jupyter, an async app): run on a fresh loop in a helper thread
         with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="lmopt-sync") as ex:
@@ -538,6 +595,18 @@ class OpenAICompatibleLM(Backend):
 
     def score(self, prompts: Sequence[str], continuations: Sequence[str]) -> list[Score]:
         return self._run(lambda: self.ascore(prompts, continuations))
+
+    def generate_each(self, prompts: Sequence[str], config: GenerationConfig,
+                      on_result: Callable[[int, list[Completion]], None]) -> None:
+        self._run(lambda: self.agenerate(prompts, config, on_result))
+
+    def chat_each(self, conversations: Sequence[tuple[tuple[str, str], ...]], config: GenerationConfig,
+                  on_result: Callable[[int, list[Completion]], None]) -> None:
+        self._run(lambda: self.achat(conversations, config, on_result))
+
+    def score_each(self, prompts: Sequence[str], continuations: Sequence[str],
+                   on_result: Callable[[int, Score], None]) -> None:
+        self._run(lambda: self.ascore(prompts, continuations, on_result))
 
     def close(self) -> None:
         """Close the connections and stop the worker threads; later calls raise :class:`LMError`."""

@@ -139,13 +139,16 @@ class ReplayBackend(Backend):
         path: the JSONL recording.
         name: the ``name`` of the recorded LM (``LM(...).name``, e.g. ``"openai:gpt-4o-mini@api.openai.com"``
             or ``"scripted"``): it is part of every key, so it must match for the requests to be found.
+        split_n: set it when the recorded LM was ``OpenAICompatibleLM(split_n=True)``: its ``n > 1``
+            samples were recorded under keys that say so (see :meth:`Backend.key_options`).
 
     A request that was not recorded raises :class:`ReplayMissError` naming its kind and prompt; re-record
     the session (run once with the real backend and a ``JsonlRecorder``) to add it. ``calls`` counts the
     requests served.
     """
 
-    def __init__(self, path: str | Path, name: str) -> None:
+    def __init__(self, path: str | Path, name: str, *, split_n: bool = False) -> None:
+        self.split_n = bool(split_n)
         if not isinstance(name, str) or not name:
             raise ValueError("ReplayBackend needs name= equal to the recorded LM's name (LM.name), "
                              f"got {name!r}")
@@ -160,6 +163,9 @@ class ReplayBackend(Backend):
         for e in _read_jsonl(self.path):
             self._responses.setdefault(e["key"], e["response"])
             self._contents.add(_content(e["request"]))
+
+    def key_options(self, config: GenerationConfig) -> dict[str, Any]:
+        return {"split_n": True} if self.split_n and config.n > 1 else {}
 
     def __repr__(self) -> str:
         return f"ReplayBackend({str(self.path)!r}, name={self.name!r}, {len(self._responses)} calls)"
@@ -186,7 +192,7 @@ class ReplayBackend(Backend):
     def _sampled(self, kind: str, items: Sequence[Any], config: GenerationConfig) -> list[list[Completion]]:
         if not isinstance(config, GenerationConfig):
             raise TypeError(f"config must be a GenerationConfig, got {type(config).__name__}")
-        fields = config.key_fields()
+        fields = {**config.key_fields(), **self.key_options(config)}
         out = []
         for item in items:
             if kind == "generate":
