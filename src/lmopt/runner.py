@@ -188,6 +188,9 @@ def _report(cfg: dict[str, Any], results: dict[str, Any], plots: list[str]) -> s
         n, accs = results["n_test"], [r["accuracy"] for r in results["prompts"]]
         if results.get("chance") is not None:
             lines.append(f"Chance level (always the most common test label): {results['chance']:.3f}.  ")
+        else:
+            lines.append(f"Chance level: none for open-ended answers ({results['task']} has no label set); "
+                         "guessing scores about 0.  ")
         se = max(noise_level(a, n) for a in accs)
         # two accuracies on the same n examples: the SE of their difference is up to sqrt(2) times larger
         lines += [f"Noise: one binomial standard error at n={n} is up to ±{se:.3f}; differences between prompts "

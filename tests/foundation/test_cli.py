@@ -285,3 +285,10 @@ def test_version_option():
 
 def cli_run(tmp_path, recipe, *args):
     return CliRunner().invoke(app, ["run", str(_write(tmp_path, recipe)), "--out", str(tmp_path / "runs"), *args])
+
+
+def test_the_report_of_an_open_ended_task_says_it_has_no_chance_level(tmp_path, scripted):
+    recipe = {**json.loads(json.dumps(RECIPE)), "prompts": [{"name": "g", "mode": "generate"}],
+              "task": {"name": "arithmetic", "kwargs": {"size": 30, "seed": 0}, "split": {"n_train": 0, "n_test": 5}}}
+    run_dir = runner.run_recipe(recipe, tmp_path)
+    assert "Chance level: none for open-ended answers" in (run_dir / "report.md").read_text()

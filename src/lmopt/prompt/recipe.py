@@ -129,7 +129,7 @@ def _noise_lines(out: dict[str, Any]) -> list[str]:
         if not n or score is None:
             continue
         text = f"On {split} (n={n}): " + (f"chance (always the most common label) {chance:.3f}; " if chance is not None
-                                          else "")
+                                          else "no chance level (open-ended answers: guessing scores about 0); ")
         lines.append(text + f"differences below {2 * 2**0.5 * noise_level(score, n):.3f} (two standard errors of a "
                             "difference of accuracies) are within the noise.  ")
     return lines
@@ -311,8 +311,10 @@ def _write_compare_report(res: dict[str, Any], run_dir: Path) -> None:
     for row in res["rows"]:
         lines.append(f"| {row['method']} | {row['test_median']:.3f} ({row['test_min']:.3f}–{row['test_max']:.3f}) "
                      f"| {row['val_median']:.3f} | {row['wins_vs_seed_prompt']}/{len(row['runs'])} seeds |")
-    if res.get("chance"):
+    if res.get("chance") is not None:
         lines += ["", f"Chance level (always the most common test label): {res['chance']:.3f}."]
+    else:
+        lines += ["", "Chance level: none for open-ended answers (guessing scores about 0)."]
     lines += ["", "Beyond the noise: the method's worst seed leads the seed prompt by more than two binomial "
               "standard errors of the difference of two accuracies on this test set.", ""]
     for row in res["rows"]:
