@@ -9,6 +9,8 @@ Default answers:
   words of all choices.
 
 ``push(...)`` queues one-off answers (status, body, headers, delay) that are served first, in order.
+``llamacpp = True`` behaves like llama.cpp's llama-server: ``GET /v1/models`` says ``owned_by: llamacpp``,
+``usage.completion_tokens`` counts the first choice only, and ``logprobs`` lists each choice's tokens (words).
 ``die_after = k`` answers k more requests, then drops every connection unanswered (a server that died).
 """
 
@@ -51,6 +53,8 @@ class FakeOpenAIServer:
         self.no_logprobs = False  # behave like servers without echo/logprobs
         self.delay = 0.0  # added to every default answer
         self.die_after: int | None = None
+        self.llamacpp = False
+        self.gets: list[str] = []
         self.answered = 0
         self.in_flight = 0
         self.max_in_flight = 0
@@ -110,8 +114,12 @@ class FakeOpenAIServer:
                 choices = [{"index": i, "text": t, "finish_reason": "stop"} for i, t in enumerate(texts)]
         else:
             return 404, {"error": {"message": f"no route {path}"}}
+        if self.llamacpp and req.get("logprobs") and texts:
+            for c, t in zip(choices, texts):
+                c["logprobs"] = {"content": [{"token": w, "logprob": -1.0} for w in t.split()]}
         choices.reverse()  # clients must order choices by index
-        usage = {"prompt_tokens": prompt_words, "completion_tokens": sum(len(t.split()) for t in texts)}
+        counted = texts[:1] if self.llamacpp else texts
+        usage = {"prompt_tokens": prompt_words, "completion_tokens": sum(len(t.split()) for t in counted)}
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         return 200, {"id": "x", "object": "text_completion", "model": req.get("model"), "choices": choices,
                      "usage": usage}
@@ -168,6 +176,16 @@ def _make_handler(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
             finally:
                 with server._lock:
                     server.in_flight -= 1
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server API
+            with server._lock:
+                server.gets.append(self.path)  # kept apart from the POSTs in ``requests``
+            if self.path.endswith("/models"):
+                owner = "llamacpp" if server.llamacpp else "fake"
+                self._send(200, json.dumps({"object": "list", "data": [{"id": "tiny-model", "owned_by": owner}]})
+                           .encode(), {})
+            else:
+                self._send(404, b'{"error": "no route"}', {})
 
         def _send(self, status: int, data: bytes, headers: dict[str, str]) -> None:
             self.send_response(status)

@@ -430,3 +430,31 @@ def test_errors_are_not_chained_to_the_event_loop_check():
     with pytest.raises(LMConnectionError) as info:
         lm.generate(["x"], GenerationConfig(max_new_tokens=2))
     assert "no running event loop" not in "".join(traceback.format_exception(info.value))
+
+
+# -- completion tokens of n > 1 answers --------------------------------------------------------------
+def test_a_server_whose_usage_counts_one_choice_is_counted_per_choice(fake_server):
+    fake_server.llamacpp = True
+    cfg = GenerationConfig(max_new_tokens=8, temperature=1.0, n=3, seed=2)
+    lm = LM(make(fake_server))
+    comps = lm.generate(["count these words"], cfg)[0]
+    words = [len(c.text.split()) for c in comps]
+    assert [c.completion_tokens for c in comps] == words  # from each choice's token list
+    assert lm.usage()["task"]["completion_tokens"] == sum(words)  # not the first choice's count alone
+    assert fake_server.bodies("/completions")[0]["logprobs"] == 1
+    chat = LM(make(fake_server)).chat([{"role": "user", "content": "a b c"}], cfg)[0]
+    assert fake_server.bodies("/chat/completions")[0]["logprobs"] is True
+    assert [c.completion_tokens for c in chat] == [len(c.text.split()) for c in chat]
+    assert fake_server.gets == ["/v1/models"]  # asked once per server
+    LM(make(fake_server)).generate(["one sample"], GenerationConfig(max_new_tokens=8))
+    assert "logprobs" not in fake_server.bodies("/completions")[-1]  # n=1: its usage is exact already
+
+
+def test_usage_scope_total_keeps_the_openai_convention(fake_server):
+    fake_server.llamacpp = True  # told otherwise: the total is split, no logprobs asked, no probe
+    comps = make(fake_server, usage_scope="total").generate(["count these words"],
+                                                           GenerationConfig(temperature=1.0, n=3))[0]
+    assert sum(c.completion_tokens for c in comps) == len(comps[0].text.split())
+    assert "logprobs" not in fake_server.bodies("/completions")[0] and not fake_server.gets
+    with pytest.raises(ValueError, match="usage_scope"):
+        make(fake_server, usage_scope="per-choice")

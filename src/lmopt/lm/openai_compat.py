@@ -36,6 +36,8 @@ T = TypeVar("T")
 
 _SNIPPET_CHARS = 200
 _SCORE_PROBES: dict[tuple[str, str], bool] = {}  # (base_url, model) -> serves prompt log-probs
+_USAGE_PROBES: dict[str, bool] = {}  # base_url -> usage counts one choice only (llama.cpp's llama-server)
+USAGE_SCOPES = ("auto", "total", "choice")
 _PROBE_LOCK = threading.Lock()
 _TOKEN_PATTERNS = (re.compile(r"(?i)(bearer\s+)[^\s\"',]+"), re.compile(r"\bsk-[A-Za-z0-9_\-*.]{4,}"))
 
@@ -124,11 +126,16 @@ class OpenAICompatibleLM(Backend):
             ``n > 1`` requests, since the samples differ.
         supports_logprobs: whether the server returns prompt log-probs for ``score``; ``None`` (default)
             probes it once (see :attr:`supports_score`).
+        usage_scope: what the answer's ``usage.completion_tokens`` covers when ``n > 1``: ``"total"`` (all
+            choices: OpenAI, vLLM), ``"choice"`` (one choice: llama.cpp's llama-server, which honours ``n``),
+            or ``"auto"`` (default): ``"choice"`` when ``GET /models`` says the models are owned by
+            ``llamacpp``, else ``"total"`` (asked once per server).
 
     ``generate`` posts ``/completions`` with ``prompt, max_tokens, temperature, top_p, n, seed`` and
     ``stop`` (when set); ``chat`` posts ``/chat/completions``. Token counts come from the answer's
-    ``usage``; with ``n > 1`` the completion tokens of the answer are split over the samples in proportion
-    to their lengths (the API reports only the total). ``score`` posts ``/completions`` with
+    ``usage``; with ``n > 1`` a total is split over the samples in proportion to their lengths, and on a
+    server whose usage counts one choice, each choice's generated tokens are counted from its log-prob
+    list (requested with ``logprobs`` for that purpose). ``score`` posts ``/completions`` with
     ``echo=True, logprobs=0, max_tokens=0`` (vLLM supports it) and sums the log-probs of the tokens that end
     after the prompt; a server without prompt log-probs raises :class:`LMNoLogprobsError`.
 
@@ -140,7 +147,7 @@ class OpenAICompatibleLM(Backend):
                  api_key_env: str = "OPENAI_API_KEY", max_concurrency: int = 8, timeout: float = 60.0,
                  max_retries: int = 5, backoff: tuple[float, float, float] = (0.5, 2.0, 30.0), *,
                  seed: int = 0, require_key: bool = False, split_n: bool = False,
-                 supports_logprobs: bool | None = None) -> None:
+                 supports_logprobs: bool | None = None, usage_scope: str = "auto") -> None:
         if not isinstance(model, str) or not model.strip():
             raise ValueError(f"model must be the non-empty model name the server serves, got {model!r}")
         if not isinstance(base_url, str):
@@ -183,6 +190,9 @@ class OpenAICompatibleLM(Backend):
         if supports_logprobs is not None and not isinstance(supports_logprobs, bool):
             raise ValueError(f"supports_logprobs must be True, False or None (probe), got {supports_logprobs!r}")
         self.supports_logprobs = supports_logprobs
+        if usage_scope not in USAGE_SCOPES:
+            raise ValueError(f"usage_scope must be one of {USAGE_SCOPES}, got {usage_scope!r}")
+        self.usage_scope = usage_scope
 
         self._https = parts.scheme == "https"
         self._host = parts.hostname
@@ -215,7 +225,7 @@ class OpenAICompatibleLM(Backend):
         return {"args": (self.model, self.base_url, self.api_key_env, self.max_concurrency, self.timeout,
                          self.max_retries, self.backoff),
                 "kwargs": {"seed": self.seed, "require_key": self.require_key, "split_n": self.split_n,
-                           "supports_logprobs": self.supports_logprobs}}
+                           "supports_logprobs": self.supports_logprobs, "usage_scope": self.usage_scope}}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(*state["args"], **state["kwargs"])  # type: ignore[misc]
@@ -418,8 +428,7 @@ class OpenAICompatibleLM(Backend):
         choices = doc.get("choices")
         if not isinstance(choices, list) or not choices or not all(isinstance(c, dict) for c in choices):
             raise self._bad(path, "no 'choices' list" + self._v1_hint(), doc)
-        if all(isinstance(c.get("index"), int) for c in choices):
-            choices = sorted(choices, key=lambda c: c["index"])
+        choices = _sorted_choices(doc)
         if len(choices) != n:
             raise LMResponseError(f"{self._where(path)} returned {len(choices)} choice(s) for n={n}; this "
                                   "server ignores n (llama.cpp server and Ollama do): pass split_n=True")
@@ -438,15 +447,20 @@ class OpenAICompatibleLM(Backend):
         return out
 
     def _usage(self, doc: dict[str, Any], prompt_estimate: Callable[[], int],
-               texts: list[str]) -> tuple[int, list[int]]:
-        """Prompt tokens and per-sample completion tokens (total split in proportion to the lengths)."""
+               texts: list[str], per_choice: list[int | None] | None = None) -> tuple[int, list[int]]:
+        """Prompt tokens and per-sample completion tokens: ``per_choice`` counts where the server listed each
+        choice's tokens, else the reported total split in proportion to the lengths."""
         usage = doc.get("usage") if isinstance(doc.get("usage"), dict) else {}
         pt, ct = usage.get("prompt_tokens"), usage.get("completion_tokens")
         prompt_tokens = int(pt) if isinstance(pt, int) and pt >= 0 else prompt_estimate()
+        if per_choice is not None and all(c is not None for c in per_choice):
+            return prompt_tokens, [int(c) for c in per_choice]  # type: ignore[arg-type]
         if not (isinstance(ct, int) and ct >= 0):  # no usage reported: estimate per sample
             return prompt_tokens, [self.count_tokens(t) if t else 0 for t in texts]
         if len(texts) == 1:
             return prompt_tokens, [ct]
+        if per_choice is not None:  # one choice's count only and no token lists: estimate each choice
+            return prompt_tokens, [self.count_tokens(t) if t else 0 for t in texts]
         weights = [len(t) + 1 for t in texts]
         shares = [ct * w / sum(weights) for w in weights]
         counts = [int(s) for s in shares]
@@ -454,6 +468,31 @@ class OpenAICompatibleLM(Backend):
         for i in order[: ct - sum(counts)]:  # largest remainders get the leftover tokens
             counts[i] += 1
         return prompt_tokens, counts
+
+    def _usage_per_choice(self) -> bool:
+        """Whether ``usage.completion_tokens`` of an ``n > 1`` answer counts one choice (llama-server)."""
+        if self.usage_scope != "auto":
+            return self.usage_scope == "choice"
+        with _PROBE_LOCK:
+            known = _USAGE_PROBES.get(self.base_url)
+        if known is None:
+            known = False
+            try:
+                conn = self._new_connection()
+                try:
+                    conn.request("GET", self._prefix + "/models", headers=self._headers())
+                    resp = conn.getresponse()
+                    doc = json.loads(resp.read()) if resp.status == 200 else {}
+                finally:
+                    conn.close()
+                data = doc.get("data") if isinstance(doc, dict) else None
+                known = isinstance(data, list) and any(isinstance(m, dict) and m.get("owned_by") == "llamacpp"
+                                                       for m in data)
+            except (OSError, http.client.HTTPException, ValueError):
+                pass  # no model list: assume the OpenAI convention (usage totals all choices)
+            with _PROBE_LOCK:
+                _USAGE_PROBES[self.base_url] = known
+        return known
 
     async def _sample(self, path: str, base: dict[str, Any], config: GenerationConfig,
                       prompt_estimate: Callable[[], int]) -> list[Completion]:
@@ -471,9 +510,14 @@ class OpenAICompatibleLM(Backend):
                 pt, (ct,) = self._usage(doc, prompt_estimate, [text])
                 out.append(Completion(text, pt, ct, finish))
             return out
+        per_choice = config.n > 1 and await asyncio.get_running_loop().run_in_executor(
+            self._pool(), self._usage_per_choice)
+        if per_choice:  # each choice's token list is the only per-choice count such a server gives
+            payload["logprobs"] = True if chat else 1
         doc = await self._post(path, {**payload, "n": config.n, "seed": config.seed})
         choices = self._choices(path, doc, config.n, chat)
-        pt, cts = self._usage(doc, prompt_estimate, [t for t, _ in choices])
+        counts = [_listed_tokens(c) for c in _sorted_choices(doc)] if per_choice else None
+        pt, cts = self._usage(doc, prompt_estimate, [t for t, _ in choices], counts)
         return [Completion(text, pt, ct, finish) for (text, finish), ct in zip(choices, cts)]
 
     # -- public async API -------------------------------------------------------------------------
@@ -624,6 +668,25 @@ class OpenAICompatibleLM(Backend):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _sorted_choices(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    choices = doc["choices"]
+    if all(isinstance(c.get("index"), int) for c in choices):
+        choices = sorted(choices, key=lambda c: c["index"])
+    return choices
+
+
+def _listed_tokens(choice: dict[str, Any]) -> int | None:
+    """The number of generated tokens a choice's log-prob list shows (chat format ``content`` or the
+    completions format ``tokens``), or None when it lists none."""
+    lp = choice.get("logprobs")
+    if not isinstance(lp, dict):
+        return None
+    for key in ("content", "tokens"):
+        if isinstance(lp.get(key), list):
+            return len(lp[key])
+    return None
 
 
 def _redact_url(url: str) -> str:
