@@ -22,6 +22,14 @@ import docs_check  # noqa: E402
 BLOCKS = [b for doc in docs_check.documents(ROOT) for b in docs_check.blocks_of(doc, ROOT)]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def converted_model():
+    """Convert the embedded SmolLM2 once into the user's cache: every example's cold cache links to it."""
+    from lmopt.assets import smollm2_dir
+
+    smollm2_dir()
+
+
 def test_every_block_is_complete_or_names_what_it_needs():
     fragments = [f"{b.doc}:{b.line} reads {b.free_names + (['...'] if b.has_ellipsis else [])}"
                  for b in BLOCKS if not b.needs and not b.complete]

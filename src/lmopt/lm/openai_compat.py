@@ -431,7 +431,7 @@ class OpenAICompatibleLM(Backend):
         choices = _sorted_choices(doc)
         if len(choices) != n:
             raise LMResponseError(f"{self._where(path)} returned {len(choices)} choice(s) for n={n}; this "
-                                  "server ignores n (llama.cpp server and Ollama do): pass split_n=True")
+                                  "server ignores n (Ollama does): pass split_n=True")
         out = []
         for c in choices:
             if chat:
