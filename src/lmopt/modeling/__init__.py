@@ -1,9 +1,13 @@
 """LLMs that solve optimisation problems: natural language → optimisation model → solver.
 
-So far: :func:`run_sandboxed`, the limited subprocess in which every model-written program runs (see
-:mod:`lmopt.modeling.sandbox`).
+So far: the structured five-element :class:`Formulation` (validated; its linear expressions parsed, never
+evaluated), :func:`solve` on HiGHS, SCIP or Pyomo, and :func:`run_sandboxed`, the limited subprocess in which
+every model-written program runs (see :mod:`lmopt.modeling.sandbox`).
 """
 
+from .formulation import Formulation, LinearModel, ModelError, linearize, parse_formulation
 from .sandbox import SandboxLimits, SandboxResult, run_sandboxed
+from .solvers import SOLVERS, Solution, solve
 
-__all__ = ["SandboxLimits", "SandboxResult", "run_sandboxed"]
+__all__ = ["SOLVERS", "Formulation", "LinearModel", "ModelError", "SandboxLimits", "SandboxResult", "Solution",
+           "linearize", "parse_formulation", "run_sandboxed", "solve"]
