@@ -1,13 +1,16 @@
 """LLMs that solve optimisation problems: natural language → optimisation model → solver.
 
-So far: the structured five-element :class:`Formulation` (validated; its linear expressions parsed, never
+:class:`OptimizationModeler` (strategies ``formulation``, ``code``, ``expert``; self-debug; self-consistency)
+on top of the structured five-element :class:`Formulation` (validated; its linear expressions parsed, never
 evaluated), :func:`solve` on HiGHS, SCIP or Pyomo, and :func:`run_sandboxed`, the limited subprocess in which
 every model-written program runs (see :mod:`lmopt.modeling.sandbox`).
 """
 
 from .formulation import Formulation, LinearModel, ModelError, linearize, parse_formulation
+from .pipeline import STRATEGIES, ModelingResult, OptimizationModeler
 from .sandbox import SandboxLimits, SandboxResult, run_sandboxed
 from .solvers import SOLVERS, Solution, solve
 
-__all__ = ["SOLVERS", "Formulation", "LinearModel", "ModelError", "SandboxLimits", "SandboxResult", "Solution",
-           "linearize", "parse_formulation", "run_sandboxed", "solve"]
+__all__ = ["SOLVERS", "STRATEGIES", "Formulation", "LinearModel", "ModelError", "ModelingResult",
+           "OptimizationModeler", "SandboxLimits", "SandboxResult", "Solution", "linearize", "parse_formulation",
+           "run_sandboxed", "solve"]
