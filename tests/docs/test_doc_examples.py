@@ -39,6 +39,7 @@ def test_every_block_is_complete_or_names_what_it_needs():
             assert re.match(r"[A-Z][A-Z0-9_]+\b", b.needs), f"{b.doc}:{b.line}: '# needs:' must start with a variable"
 
 
+@pytest.mark.docs
 @pytest.mark.parametrize("block", BLOCKS, ids=[f"{b.doc}:{b.line}" for b in BLOCKS])
 def test_block_runs_as_written(block, monkeypatch):
     if block.needs:

@@ -485,6 +485,9 @@ class OpenAICompatibleLM(Backend):
                     doc = json.loads(resp.read()) if resp.status == 200 else {}
                 finally:
                     conn.close()
+                    with self._lock:
+                        if conn in self._conns:
+                            self._conns.remove(conn)
                 data = doc.get("data") if isinstance(doc, dict) else None
                 known = isinstance(data, list) and any(isinstance(m, dict) and m.get("owned_by") == "llamacpp"
                                                        for m in data)
