@@ -9,7 +9,8 @@ Strategies (each a chat with the model; every call is cached, budgeted and repla
   :func:`~lmopt.modeling.sandbox.run_sandboxed`.
 - ``"expert"`` (ORThought's expert-guided single prompt, ZJU-TSELab/ORThought): one prompt that walks the
   model through an operations-research expert's steps (understand, define, formulate, check) before the
-  code, run in the sandbox.
+  code, run in the sandbox. ORThought's released prompt asks for Gurobipy code returning the objective from
+  a function; lmopt's (its own wording) asks for highspy or pyomo, open solvers, and a ``result`` variable.
 
 Self-debug (``debug_rounds``, default 3, as LLMOPT): a parse or validation error, a program that fails, or a
 solver status other than optimal is fed back to the model with its previous answer, which it revises.
