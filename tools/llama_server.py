@@ -76,8 +76,10 @@ def start(binary: str, gguf: str, port: int | None = None, slots: int = SLOTS, t
     port = port or free_port()
     cmd = [binary, "-m", gguf, "--host", "127.0.0.1", "--port", str(port), "-a", ALIAS, "-np", str(slots),
            "-c", str(2048 * slots), "-t", str(threads), "--no-webui"]
-    out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - owned by the process
+    out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - the child keeps its own copy
     proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    if log:
+        out.close()
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
