@@ -46,10 +46,15 @@ class BenchmarkProblem:
         model reports none (``objective`` None)."""
         if self.answer is None:
             return objective is None
-        if objective is None or not math.isfinite(objective):
-            return False
-        err = abs(objective - self.answer)
-        return err <= self.abs_tol or err <= self.rel_tol * max(1.0, abs(self.answer))
+        return objective_matches(objective, self.answer, self.abs_tol, self.rel_tol)
+
+
+def objective_matches(objective: float | None, answer: float, abs_tol: float = 0.0, rel_tol: float = 1e-4) -> bool:
+    """Whether ``objective`` is within ``abs_tol`` or within ``rel_tol`` (relative to max(1, |answer|))."""
+    if objective is None or not math.isfinite(objective):
+        return False
+    err = abs(objective - answer)
+    return err <= abs_tol or err <= rel_tol * max(1.0, abs(answer))
 
 
 def parse_answer(value: Any) -> float | None:

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .data import objective_matches
+
 
 @dataclass(frozen=True)
 class Problem:
@@ -24,7 +26,7 @@ class Problem:
 
     def correct(self, objective: float | None, rel_tol: float = 1e-4) -> bool:
         """Whether ``objective`` matches the optimum (relative tolerance, as NL4OPT-style benchmarks use)."""
-        return objective is not None and abs(objective - self.answer) <= rel_tol * max(1.0, abs(self.answer))
+        return objective_matches(objective, self.answer, rel_tol=rel_tol)
 
 
 def _table(keys1: list[str], keys2: list[str], rows: list[list[float]]) -> dict[str, float]:

@@ -30,6 +30,7 @@ limits above are the security boundary.
 from __future__ import annotations
 
 import json
+import math
 import os
 import resource
 import secrets
@@ -188,7 +189,7 @@ def _child_setup(limits: SandboxLimits, cgroup: Path | None) -> Any:
         os.setsid()
         if cgroup is not None:
             (cgroup / "cgroup.procs").write_text(str(os.getpid()))
-        cpu = int(limits.cpu_s)
+        cpu = math.ceil(limits.cpu_s)  # whole seconds; never 0 (which would stop the program at once)
         resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
         mem = int(limits.memory_mb) * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
@@ -311,7 +312,7 @@ def run_sandboxed(code: str, limits: SandboxLimits | None = None, *, isolate_net
                 err += envelope["error"] + "\n"
         else:
             kept.append(line)
-    cpu_out = f"{_MARK}cpu time left\n" in err or proc.returncode == _CPU_EXIT
+    cpu_out = f"{_MARK}cpu time left\n" in err and proc.returncode == _CPU_EXIT  # the runner's handler
     err = err.replace(f"{_MARK}cpu time left\n", "")
     # unshare passes a signal that killed the program on by re-raising it, which fails for some signals
     signalled = proc.returncode < 0 or "unshare: sigprocmask unblock failed" in err
