@@ -81,6 +81,19 @@ def run_config(lm: Any, problems: list[Any], strategy: str, debug: int, samples:
             "seconds": round(time.perf_counter() - t0, 1), "problems": rows}
 
 
+def _config(text: str) -> tuple[str, int, int | str]:
+    from lmopt.modeling import STRATEGIES
+
+    try:
+        strategy, debug, samples = text.split(":")
+        if strategy not in STRATEGIES:
+            raise ValueError
+        return strategy, int(debug), samples if samples == "samples" else int(samples)
+    except ValueError:
+        raise SystemExit(f"--configs entry {text!r}: write STRATEGY:DEBUG_ROUNDS:SAMPLES with STRATEGY in "
+                         f"{STRATEGIES}, e.g. formulation:3:1 or code:3:samples") from None
+
+
 def main(argv: list[str] | None = None) -> None:
     def extra(p):
         p.add_argument("--source", default=None, help="a public benchmark (file, folder or HF id) instead of the "
@@ -90,9 +103,16 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--device", default="cpu")
         p.add_argument("--samples", type=int, default=3, help="samples of the self-consistency configurations")
         p.add_argument("--limit", type=int, default=None, help="at most this many problems")
+        p.add_argument("--configs", default=None, help="comma-separated STRATEGY:DEBUG_ROUNDS:SAMPLES (SAMPLES a "
+                                                       "number or 'samples' for --samples), default all")
+        p.add_argument("--max-new-tokens", type=int, default=None, help="per reply (full: 512)")
 
     args = parse_args("modeling", __doc__.splitlines()[0], default_seeds=1, argv=argv, extra=extra)
     cfg = dict(QUICK if args.quick else FULL)
+    if args.configs:
+        cfg["configs"] = [_config(c) for c in args.configs.split(",")]
+    if args.max_new_tokens:
+        cfg["max_new_tokens"] = args.max_new_tokens
     if args.source:
         from lmopt.modeling.data import load_benchmark
 
