@@ -53,12 +53,14 @@ attribute ``"llambo"`` and summed in :attr:`LLAMBOSampler.counts`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import re
 import time
+import warnings
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -375,15 +377,11 @@ class LLAMBOSampler(BaseSampler):
             for k, comp in enumerate(completions):
                 preds[c, i * cfg.n + k] = _read_number(comp.text)
         parsed = int(np.isfinite(preds).sum())
-        with np.errstate(all="ignore"):
-            import warnings
-
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                mean, std = np.nanmean(preds, axis=1), np.nanstd(preds, axis=1)
-                if np.isfinite(mean).any():  # the released imputation for candidates with no readable answer
-                    mean[~np.isfinite(mean)] = np.nanmean(mean)
-                    std[~np.isfinite(std)] = np.nanmean(std)
+        with _quiet_nan():  # rows of all-NaN answers give NaN, handled below
+            mean, std = np.nanmean(preds, axis=1), np.nanstd(preds, axis=1)
+            if np.isfinite(mean).any():  # the released imputation for candidates with no readable answer
+                mean[~np.isfinite(mean)] = np.nanmean(mean)
+                std[~np.isfinite(std)] = np.nanmean(std)
         std = np.maximum(std, 1e-5)
         ei = expected_improvement(mean, std, best, maximize=maximize) if np.isfinite(mean).any() \
             else np.full(len(candidates), np.nan)
@@ -415,14 +413,18 @@ class LLAMBOSampler(BaseSampler):
                 answers += len(completions)
                 if read:
                     probs[c, i] = read.count("1") / len(read)
-        with np.errstate(all="ignore"):
-            import warnings
-
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                p = np.nanmean(probs, axis=1)
+        with _quiet_nan():
+            p = np.nanmean(probs, axis=1)
         return p, {"surrogate_answers": answers, "surrogate_parsed": int(np.isfinite(probs).sum()),
                    "good_in_history": int(sum(labels))}
+
+
+@contextlib.contextmanager
+def _quiet_nan() -> Iterator[None]:
+    """Silence numpy's warnings for means of all-NaN rows (the caller treats their NaN)."""
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        yield
 
 
 def as_completion(conv: list[dict[str, str]]) -> str:
