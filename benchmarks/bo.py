@@ -76,7 +76,6 @@ def estimator(model: str, task: str, params: dict[str, Any], seed: int) -> Any:
 
 class Task:
     def __init__(self, spec: str) -> None:
-        import numpy as np
         from sklearn import datasets
         from sklearn.model_selection import train_test_split
 
@@ -102,7 +101,6 @@ class Task:
         self.space = search_space(model)
         self.metric = "accuracy" if self.maximize else "mean squared error"
         self.bounds = (0.0, 1.0) if self.maximize else (0.0, None)
-        self._np = np
 
     def context(self) -> Any:
         from lmopt.bo import TaskContext
@@ -116,6 +114,7 @@ class Task:
         return p
 
     def cv_score(self, params: dict[str, Any], seed: int) -> float:
+        import numpy as np
         from sklearn.model_selection import cross_val_score
 
         scoring = "accuracy" if self.maximize else "neg_mean_squared_error"
@@ -123,7 +122,7 @@ class Task:
             warnings.simplefilter("ignore")
             s = cross_val_score(estimator(self.model, self.kind, self._fit_params(params), seed), self.X, self.y,
                                 scoring=scoring, cv=5)
-        v = float(self._np.mean(s))
+        v = float(np.mean(s))
         return v if self.maximize else -v
 
     def test_score(self, params: dict[str, Any], seed: int) -> float:
@@ -325,16 +324,16 @@ def main(argv: list[str] | None = None) -> None:
     per_sampler = {}
     for name in cfg["samplers"]:
         finals = [statistics.median(curves[t.spec][name]["final"]) for t in tasks]
-        llambo_stats = [c for t in tasks for c in cells[t.spec][name].values()]
+        runs = [c for t in tasks for c in cells[t.spec][name].values()]
         n_after = cfg["trials"]
         per_sampler[name] = {
             "final_regret_median_per_task": finals, "final_regret_mean_over_tasks": statistics.fmean(finals),
             "propose_seconds_per_trial": statistics.fmean(
-                s for c in llambo_stats for s in c["propose_seconds"][cfg["initial"]:]) if n_after else 0.0,
+                s for c in runs for s in c["propose_seconds"][cfg["initial"]:]) if n_after else 0.0,
             "lm_calls_per_trial": statistics.fmean(
-                x for c in llambo_stats for x in c["lm_calls"][cfg["initial"]:]) if n_after else 0.0,
+                x for c in runs for x in c["lm_calls"][cfg["initial"]:]) if n_after else 0.0,
             "lm_tokens_per_trial": statistics.fmean(
-                x for c in llambo_stats for x in c["lm_tokens"][cfg["initial"]:]) if n_after else 0.0}
+                x for c in runs for x in c["lm_tokens"][cfg["initial"]:]) if n_after else 0.0}
     results = {"config": cfg, "seeds": seeds, "curves": curves, "per_sampler": per_sampler,
                "cells": {t.spec: {n: {str(s): c for s, c in v.items()} for n, v in cells[t.spec].items()}
                          for t in tasks},

@@ -160,8 +160,6 @@ def run_study(sampler, n=9, direction="maximize"):
 
 
 def test_the_chosen_candidate_is_the_released_rule_s_choice_from_the_same_answers():
-    answers = {}
-
     def surrogate(cfg, j):
         v = _surrogate_value(cfg, j)
         if cfg["k"] == 3 and j == 0:
@@ -182,9 +180,9 @@ def test_the_chosen_candidate_is_the_released_rule_s_choice_from_the_same_answer
     cands = _candidates_of(lm, study, hist, last)
     preds = [[surrogate({"x": round(c["x"], 2), "k": c["k"]}, j) for _ in range(2) for j in range(4)]
              for c in cands]
-    answers["ref"] = released_choice(preds, best, lower_is_better=False)
-    assert last["chosen"] == answers["ref"]
-    assert study.trials[-1].params == cands[answers["ref"]]
+    ref = released_choice(preds, best, lower_is_better=False)
+    assert last["chosen"] == ref
+    assert study.trials[-1].params == cands[ref]
 
 
 def _candidates_of(lm, study, hist, stats):
