@@ -12,10 +12,14 @@ from .features import HashingEmbedder
 from .methods import APE, EASE, INSTINCT, OPRO, RandomSearch, generate_instructions
 from .parsing import parse_proposal
 from .spo import SPO
+from .textgrad import TextGrad, TextualGradientDescent
+from .textual_graph import Variable, aggregate, backward, call_function, llm_call, lm_engine
 
-METHODS = {"random": RandomSearch, "ape": APE, "opro": OPRO, "ease": EASE, "instinct": INSTINCT, "spo": SPO}
+METHODS = {"random": RandomSearch, "ape": APE, "opro": OPRO, "ease": EASE, "instinct": INSTINCT, "spo": SPO,
+           "textgrad": TextGrad}
 
 __all__ = ["APE", "EASE", "EXPO", "BernoulliBandit", "SequentialResult",
            "INSTINCT", "METHODS", "OPRO", "SPO", "EvalResult", "HashingEmbedder", "Optimizer",
            "Prompt", "PromptBudget", "PromptOptimizationResult", "RandomSearch", "RunContext", "StopRun",
-           "evaluate_prompt", "generate_instructions", "parse_proposal", "prompt_text"]
+           "TextGrad", "TextualGradientDescent", "Variable", "aggregate", "backward", "call_function",
+           "evaluate_prompt", "generate_instructions", "llm_call", "lm_engine", "parse_proposal", "prompt_text"]

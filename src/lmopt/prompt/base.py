@@ -247,18 +247,39 @@ class RunContext:
         :meth:`evaluate` for that)."""
         if not examples:
             raise ValueError("evaluate_sample needs at least one example")
-        if len(examples) > self.sample_examples_left:
-            raise StopRun("evaluation budget spent")
+        self.charge_examples(len(examples))
         fp = _fingerprint([(e.input, e.target) for e in examples])
         res = self._journaled_eval(f"sample:{fp}:{prompt_key(prompt)}", prompt, examples)
-        used, self._sampled = divmod(self._sampled + len(examples), len(self.splits.validation))
-        self.evaluations_used += used
         score = float(res["score"])
         self.log("sample_eval", prompt=prompt.to_dict(), score=score, n_examples=len(examples), source=source,
                  **info)
         self.tick(f"{self.method}: {self.evaluations_used}/{self.budget.evaluations} evaluations spent, "
                   f"sample score {score:.3f}")
         return score
+
+    def charge_examples(self, n: int) -> None:
+        """Spend the cost of ``n`` task-model passes over single examples (``n / n_val`` of an evaluation): the
+        unit that sampled evaluations, minibatch forwards (TextGrad) and white-box passes (GReaTer) share with
+        whole evaluations. Raises :class:`StopRun` when they no longer fit."""
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            raise ValueError(f"charge_examples takes a non-negative int, got {n!r}")
+        if n > self.sample_examples_left:
+            raise StopRun("evaluation budget spent")
+        used, self._sampled = divmod(self._sampled + n, len(self.splits.validation))
+        self.evaluations_used += used
+
+    def run_batch(self, prompt: Prompt, examples: Sequence[Example], source: str = "") -> dict[str, Any]:
+        """The task model's answers to ``examples`` (any split, e.g. a training minibatch) under ``prompt``:
+        ``{"score", "per_example", "predictions", "raw"}`` (``raw``: generated texts, None in label-scoring
+        mode). Charged like :meth:`evaluate_sample`; journaled for resume."""
+        if not examples:
+            raise ValueError("run_batch needs at least one example")
+        self.charge_examples(len(examples))
+        fp = _fingerprint([(e.input, e.target) for e in examples])
+        res = self._journaled_eval(f"batch:{fp}:{prompt_key(prompt)}", prompt, examples)
+        self.log("batch", prompt=prompt.to_dict(), score=float(res["score"]), n_examples=len(examples),
+                 source=source)
+        return res
 
     def evaluate_on(self, prompt: Prompt, examples: Sequence[Example], split_name: str) -> dict[str, Any]:
         """Score on another split (e.g. test) without spending the evaluation budget."""
@@ -272,7 +293,8 @@ class RunContext:
             res: EvalResult = evaluate_prompt(self.lm, self.task, prompt, list(examples), **self.eval_kwargs)
         except BudgetExceeded as exc:
             raise StopRun(f"LM budget: {exc}") from exc
-        out = {"score": res.score, "per_example": res.per_example, "predictions": res.predictions}
+        out = {"score": res.score, "per_example": res.per_example, "predictions": res.predictions,
+               "raw": res.details.get("raw")}
         evals[jkey] = out
         self._save()
         return out
