@@ -9,6 +9,7 @@ from .base import Optimizer, PromptBudget, PromptOptimizationResult, RunContext,
 from .evaluator import EvalResult, Prompt, evaluate_prompt
 from .expo import EXPO, BernoulliBandit, SequentialResult
 from .features import HashingEmbedder
+from .greater import GReaTer
 from .methods import APE, EASE, INSTINCT, OPRO, RandomSearch, generate_instructions
 from .parsing import parse_proposal
 from .spo import SPO
@@ -16,9 +17,9 @@ from .textgrad import TextGrad, TextualGradientDescent
 from .textual_graph import Variable, aggregate, backward, call_function, llm_call, lm_engine
 
 METHODS = {"random": RandomSearch, "ape": APE, "opro": OPRO, "ease": EASE, "instinct": INSTINCT, "spo": SPO,
-           "textgrad": TextGrad}
+           "textgrad": TextGrad, "greater": GReaTer}
 
-__all__ = ["APE", "EASE", "EXPO", "BernoulliBandit", "SequentialResult",
+__all__ = ["APE", "EASE", "EXPO", "GReaTer", "BernoulliBandit", "SequentialResult",
            "INSTINCT", "METHODS", "OPRO", "SPO", "EvalResult", "HashingEmbedder", "Optimizer",
            "Prompt", "PromptBudget", "PromptOptimizationResult", "RandomSearch", "RunContext", "StopRun",
            "TextGrad", "TextualGradientDescent", "Variable", "aggregate", "backward", "call_function",
