@@ -68,6 +68,25 @@ def test_validation_errors_name_the_field():
     assert "multiplies two variable terms" in seen[1]
 
 
+def test_self_debug_context_keeps_only_the_latest_round_unless_asked():
+    replies = ["first {bad", "second {bad", "third {bad", "```json\n" + json.dumps(FURNITURE) + "\n```"]
+    calls = []
+
+    def respond(prompt, config, j):
+        calls.append(prompt)
+        return replies[len(calls) - 1]
+
+    res = OptimizationModeler(LM(ScriptedBackend(respond)), debug_rounds=3).solve(PROBLEM)
+    assert res.objective == pytest.approx(2200)
+    assert "second {bad" in calls[2] and "first {bad" not in calls[2]  # the conversation does not grow
+    assert calls[3].count("<|user|>") == 2
+    calls.clear()
+    OptimizationModeler(LM(ScriptedBackend(respond)), debug_rounds=3, debug_context="full").solve(PROBLEM)
+    assert "first {bad" in calls[2] and calls[3].count("<|user|>") == 4
+    with pytest.raises(ValueError, match="debug_context"):
+        OptimizationModeler(LM(ScriptedBackend(respond)), debug_context="all")
+
+
 def test_code_strategy_runs_in_the_sandbox_and_debugs_a_crash():
     backend, seen = scripted(["```python\nx = 1 / 0\n```", CODE])
     res = OptimizationModeler(LM(backend), strategy="code", sandbox=SandboxLimits(timeout_s=20)).solve(PROBLEM)

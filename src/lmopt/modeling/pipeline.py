@@ -140,11 +140,14 @@ class OptimizationModeler:
         solver: for ``formulation``: ``highs`` (default), ``scip`` or ``pyomo``.
         rel_tol: objective values this close count as the same answer in the vote.
         seed: base seed of the sampled calls (sample ``k`` uses ``seed + k``).
+        debug_context: what a revision sees: ``"last"`` (default) the problem, the latest answer and its
+            feedback; ``"full"`` every earlier answer and feedback as well (the context grows by a reply per
+            round).
     """
 
     def __init__(self, lm: LM, strategy: str = "formulation", *, debug_rounds: int = 3, samples: int = 1,
                  temperature: float = 0.0, max_new_tokens: int = 768, sandbox: SandboxLimits | None = None,
-                 solver: str = "highs", rel_tol: float = 1e-6, seed: int = 0) -> None:
+                 solver: str = "highs", rel_tol: float = 1e-6, seed: int = 0, debug_context: str = "last") -> None:
         if not isinstance(lm, LM):
             raise TypeError(f"lm must be an lmopt.lm.LM, got {type(lm).__name__}")
         if strategy not in STRATEGIES:
@@ -153,6 +156,9 @@ class OptimizationModeler:
                             ("max_new_tokens", max_new_tokens, 1)):
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
+        if debug_context not in ("last", "full"):
+            raise ValueError(f"debug_context must be 'last' or 'full', got {debug_context!r}")
+        self.debug_context = debug_context
         if samples > 1 and temperature <= 0:
             raise ValueError("self-consistency (samples > 1) needs temperature > 0: greedy samples are identical")
         self.lm, self.strategy, self.debug_rounds, self.samples = lm, strategy, debug_rounds, samples
@@ -184,7 +190,10 @@ class OptimizationModeler:
             if attempt.stage == "ok" or rnd == self.debug_rounds:
                 break
             kind = "status" if attempt.stage == "status" else "parse"
-            messages = [*messages, {"role": "assistant", "content": reply},
+            # "last": the problem, the latest answer and its feedback, so the context does not grow with
+            # the rounds (a small model's window overflows otherwise); "full": every earlier round too
+            kept = messages if self.debug_context == "full" else messages[:1]
+            messages = [*kept, {"role": "assistant", "content": reply},
                         {"role": "user", "content": _FEEDBACK[kind].format(error=attempt.error)}]
         return attempts
 
