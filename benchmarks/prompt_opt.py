@@ -51,13 +51,16 @@ TASKS: dict[str, dict[str, Any]] = {
 }
 SPREAD_TASKS = ["first_letter", "last_letter", "second_letter", "word_length"]
 SPREAD_SPLIT_SEED = 1000  # the spread that picks the tasks is measured on a split no reported seed uses
-POOL_METHODS, PROPOSER_METHODS = ("random", "ease", "ease_released", "instinct"), ("ape", "opro", "spo")
+POOL_METHODS, PROPOSER_METHODS = ("random", "ease", "ease_released", "instinct"), ("ape", "opro", "spo", "textgrad")
+WHITE_BOX_METHODS = ("greater",)  # the task model optimises its own prompt from its gradients
 POOL_STAGE_METHODS = ("random", "ease")  # the fixed-pool stage: methods that can search one shared pool
 DEFAULTS = {"evals": 30, "seeds": 5, "n_initial": 8, "train_steps": 200, "tasks": "auto", "max_tasks": 1,
             "spread_tasks": SPREAD_TASKS, "spread_prompts": 8, "methods": ["random", "ape", "opro", "ease",
                                                                             "ease_released", "instinct", "spo"],
             "expo_horizon": 10, "throughput_n": 24, "embedder": "minilm", "split_override": None,
-            "resample_splits": True, "pool_seeds": 10, "pool_candidates": 100, "pool_universe": (100, 200)}
+            "resample_splits": True, "pool_seeds": 10, "pool_candidates": 100, "pool_universe": (100, 200),
+            "feedback_tokens": 96, "update_tokens": 96}
+KNOWN_METHODS = DEFAULTS["methods"] + ["textgrad", "greater"]
 QUICK = {**DEFAULTS, "evals": 3, "seeds": 1, "tasks": ["tweets"], "methods": ["random", "ease"], "n_initial": 1,
          "train_steps": 50, "expo_horizon": 0, "throughput_n": 8, "embedder": "hash", "split_override": (12, 4, 6),
          "spread_tasks": ["first_letter"], "spread_prompts": 2, "pool_seeds": 2, "pool_candidates": 4,
@@ -93,13 +96,17 @@ def _method(name: str, cfg: dict[str, Any]):
                                         embedder=cfg["embedder"]),
         "instinct": lambda: P.INSTINCT(n_candidates=b + 2, n_initial=k, train_steps=ts, embedder=cfg["embedder"]),
         "spo": lambda: P.SPO(rounds=b, n_questions=3),
+        # the released loop (3 epochs × 4 steps, minibatch 3, revert on validation); replies cut for a CPU
+        "textgrad": lambda: P.TextGrad(feedback_tokens=cfg["feedback_tokens"], update_tokens=cfg["update_tokens"]),
+        "greater": lambda: P.GReaTer(batch_size=8),
     }[name]()
 
 
-def _run_one(opt: Any, task: Any, lm: Any, budget: int, seed: int, splits: Any, chat: bool) -> dict[str, Any]:
+def _run_one(opt: Any, task: Any, lm: Any, budget: int, seed: int, splits: Any, chat: bool,
+             optimizer_lm: Any = None) -> dict[str, Any]:
     """One (method, seed) run and the numbers the report keeps of it."""
     t0 = time.perf_counter()
-    res = opt.run(task, lm, budget=budget, seed=seed, splits=splits, chat=chat)
+    res = opt.run(task, lm, budget=budget, seed=seed, splits=splits, chat=chat, optimizer_lm=optimizer_lm)
     u = res.usage.get("total", {})
     return {"seed": seed, "val": res.val_score, "test": res.test_score, "seed_val": res.seed_val_score,
             "seed_test": res.seed_test_score, "evaluations": res.n_evaluations, "calls": u.get("calls", 0),
@@ -296,6 +303,10 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--pool-seeds", type=int, default=None,
                        help="seeds of the fixed-pool stage (random search and EASE over one pool, one shared call "
                             "cache; default 10, quick 2; 0 skips it)")
+        p.add_argument("--optimizer-url", default=None,
+                       help="an OpenAI-compatible server for the proposer / feedback / update calls (the task model "
+                            "stays local; GReaTer has no optimiser model)")
+        p.add_argument("--optimizer-model", default=None, help="the model name on --optimizer-url")
         p.add_argument("--no-expo", action="store_true", help="skip the EXPO bandit part")
         p.add_argument("--expo-only", action="store_true", help="only the EXPO bandit part")
         p.add_argument("--pool-only", action="store_true",
@@ -322,9 +333,11 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"unknown task(s) {sorted(set(cfg['tasks']) - set(TASKS))}; choose from {sorted(TASKS)}")
     if args.methods:
         cfg["methods"] = args.methods.split(",")
-        unknown = sorted(set(cfg["methods"]) - set(DEFAULTS["methods"]))
+        unknown = sorted(set(cfg["methods"]) - set(KNOWN_METHODS))
         if unknown:
-            raise SystemExit(f"unknown method(s) {unknown}; choose from {DEFAULTS['methods']}")
+            raise SystemExit(f"unknown method(s) {unknown}; choose from {KNOWN_METHODS}")
+    if (args.optimizer_url is None) != (args.optimizer_model is None):
+        raise SystemExit("--optimizer-url and --optimizer-model go together (the server and its model name)")
     if args.pool_only and (cfg["tasks"] == "auto" or not cfg["pool_seeds"]):
         raise SystemExit("--pool-only needs --tasks (names, not auto) and --pool-seeds >= 1")
     if args.pool_only:
@@ -340,9 +353,15 @@ def main(argv: list[str] | None = None) -> None:
     t_all = time.perf_counter()
     _log(f"loading {args.model or 'SmolLM2-135M-Instruct'} on {args.device} ...")
     local = LocalLM(args.model, device=args.device, batch_size=8)
+    remote = None
+    if args.optimizer_url:
+        from lmopt.lm import OpenAICompatibleLM
+
+        remote = OpenAICompatibleLM(args.optimizer_model, args.optimizer_url, max_concurrency=4, timeout=300)
     tmp = tempfile.mkdtemp(prefix="lmopt-bench-")
     results: dict[str, Any] = {"config": {**cfg, "seeds": seeds, "model": args.model or "SmolLM2-135M-Instruct",
-                                          "device": args.device}, "tasks": {}}
+                                          "device": args.device, "optimizer_model": remote.name if remote else None},
+                               "tasks": {}}
     if cfg["tasks"] == "auto" or (cfg["spread_tasks"] and not args.expo_only):
         _log(f"spread of test accuracy across random prompts on {', '.join(cfg['spread_tasks'])} ...")
         results["spread"] = prompt_spread(local, cfg)
@@ -366,7 +385,9 @@ def main(argv: list[str] | None = None) -> None:
             runs = []
             for s in range(seeds):
                 cache = CallCache(Path(tmp) / f"calls-{tname}-{m}-{s}.sqlite")  # own accounting per run
-                runs.append(_run_one(_method(m, cfg), task, LM(local, cache=cache), cfg["evals"], s, split_of[s], chat))
+                opt_lm = LM(remote, cache=cache) if remote is not None else None
+                runs.append(_run_one(_method(m, cfg), task, LM(local, cache=cache), cfg["evals"], s, split_of[s], chat,
+                                     optimizer_lm=opt_lm))
                 cache.close()
                 _log(f"{tname} {m} seed {s}: {_brief(runs[-1])}")
                 _write_partial(args.out, results, tname, meta, m, runs)
@@ -476,7 +497,8 @@ def _markdown(results: dict[str, Any]) -> str:
             r = d["methods"][m]
             t, wtl = r["test"], r.get("vs_random_same_seed")
             seed_test = statistics.median(x["seed_test"] for x in r["runs"])
-            kind = "pool" if m in POOL_METHODS else "proposer" if m in PROPOSER_METHODS else "–"
+            kind = ("pool" if m in POOL_METHODS else "proposer" if m in PROPOSER_METHODS
+                    else "white-box" if m in WHITE_BOX_METHODS else "–")
             lines.append(
                 f"| {m} | {kind} | {t['n']} | {t['median']:.3f} [{t['min']:.3f}, {t['max']:.3f}] | {seed_test:.3f} | "
                 f"{_pm(r['gain_vs_seed'].get('paired'))} | "

@@ -167,16 +167,13 @@ class GReaTer(Optimizer):
         if key not in self._banned_cache:
             tok = backend.tokenizer
             vocab = backend.model.get_input_embeddings().weight.shape[0]
-            banned = torch.zeros(vocab, dtype=torch.bool)
+            n_tok = min(len(tok), vocab)
+            banned = torch.ones(vocab, dtype=torch.bool)  # rows past the tokenizer's vocabulary stay banned
+            texts = tok.batch_decode([[i] for i in range(n_tok)])
             special = set(tok.all_special_ids)
-            for i in range(vocab):
-                if i in special or i >= len(tok):
-                    banned[i] = True
-                    continue
-                if not self.hparams["allow_non_ascii"]:
-                    s = tok.decode([i])
-                    if not s.strip() or not (s.isascii() and s.isprintable()):
-                        banned[i] = True
+            allow = self.hparams["allow_non_ascii"]
+            for i, s in enumerate(texts):
+                banned[i] = i in special or (not allow and (not s.strip() or not (s.isascii() and s.isprintable())))
             self._banned_cache[key] = banned
         return self._banned_cache[key]
 
