@@ -283,8 +283,14 @@ def _induction(kind: str) -> Callable[..., Task]:
     return load
 
 
+def _number_walk(**kw: Any) -> Task:
+    from .multistep import number_walk
+
+    return number_walk(**kw)
+
+
 _LOADERS: dict[str, Callable[..., Task]] = {
-    "tweets": load_tweets, "gsm8k": load_gsm8k,
+    "tweets": load_tweets, "gsm8k": load_gsm8k, "number_walk": _number_walk,
     "first_letter": lambda **kw: load_letter_task("first", **kw),
     "last_letter": lambda **kw: load_letter_task("last", **kw),
     **{k: _induction(k) for k in ("second_letter", "word_length", "spell", "larger_animal")},

@@ -13,15 +13,17 @@ from .greater import GReaTer
 from .methods import APE, EASE, INSTINCT, OPRO, RandomSearch, generate_instructions
 from .optoprime import OptoPrime, OptoPrimePrompt
 from .parsing import parse_proposal
+from .promst import PROMST
 from .spo import SPO
 from .textgrad import TextGrad, TextualGradientDescent
 from .textual_graph import Variable, aggregate, backward, call_function, llm_call, lm_engine
 
 METHODS = {"random": RandomSearch, "ape": APE, "opro": OPRO, "ease": EASE, "instinct": INSTINCT, "spo": SPO,
-           "textgrad": TextGrad, "greater": GReaTer, "optoprime": OptoPrimePrompt}
+           "textgrad": TextGrad, "greater": GReaTer, "optoprime": OptoPrimePrompt,
+           "promst": PROMST}
 
-__all__ = ["APE", "EASE", "EXPO", "GReaTer", "INSTINCT", "METHODS", "OPRO", "SPO", "BernoulliBandit", "EvalResult",
-           "HashingEmbedder", "OptoPrime", "OptoPrimePrompt", "Optimizer", "Prompt", "PromptBudget",
+__all__ = ["APE", "EASE", "EXPO", "GReaTer", "INSTINCT", "METHODS", "OPRO", "PROMST", "SPO", "BernoulliBandit",
+           "EvalResult", "HashingEmbedder", "OptoPrime", "OptoPrimePrompt", "Optimizer", "Prompt", "PromptBudget",
            "PromptOptimizationResult", "RandomSearch", "RunContext", "SequentialResult", "StopRun", "TextGrad",
            "TextualGradientDescent", "Variable", "aggregate", "backward", "call_function", "evaluate_prompt",
            "generate_instructions", "llm_call", "lm_engine", "parse_proposal", "prompt_text"]

@@ -235,6 +235,10 @@ class RunContext:
                   f"score {score:.3f} best {self.best[0]:.3f}")
         return score
 
+    def evaluation(self, prompt: Prompt) -> dict[str, Any] | None:
+        """The stored validation evaluation of ``prompt`` (score, per-example scores, predictions), if any."""
+        return self.journal.get("evals", {}).get("val:" + prompt_key(prompt))
+
     @property
     def sample_examples_left(self) -> int:
         """Validation examples that sampled evaluations (:meth:`evaluate_sample`) may still score."""

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..data.multistep import MultiStepTask
 from ..data.task import Example, Task
 from ..lm.client import LM
 from ..lm.types import GenerationConfig
@@ -74,6 +75,15 @@ def evaluate_prompt(lm: LM, task: Task, prompt: Prompt | str, examples: Sequence
         raise ValueError("evaluate_prompt needs at least one example; check the split sizes")
     if isinstance(prompt, str):
         prompt = Prompt(prompt)
+    if isinstance(task, MultiStepTask):
+        if prompt.exemplars:
+            raise ValueError(f"task {task.name!r} is multi-step: its prompt is an instruction only, without "
+                             "exemplars")
+        episodes = task.evaluate(lm, prompt.instruction, examples, role=role)
+        scores = [e.score for e in episodes]
+        cats = [e.category for e in episodes]
+        return EvalResult(sum(scores) / len(scores), scores, [e.to_json() for e in episodes], "episodes",
+                          {"categories": {c: cats.count(c) for c in sorted(set(cats))}})
     if mode == "auto":
         mode = "score" if task.is_classification and lm.supports_score and not chat else "generate"
     if mode == "score":
