@@ -20,7 +20,6 @@ Self-consistency (``samples`` > 1): that many independent attempts, the answer i
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from .._json import find_json_object
 from ..lm import LM, GenerationConfig
 from .formulation import parse_formulation
 from .sandbox import SandboxLimits, run_sandboxed
@@ -105,15 +105,9 @@ class ModelingResult:
 
 def extract_json(text: str) -> dict[str, Any]:
     """The first JSON object in a model's reply (a ```json fence first, else anywhere); raises ValueError."""
-    decoder = json.JSONDecoder()
-    fenced = [m.start(1) for m in re.finditer(r"```(?:json)?\s*(\{)", text)]
-    for pos in fenced + [m.start() for m in re.finditer(r"\{", text)]:
-        try:
-            obj, _ = decoder.raw_decode(text, pos)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(obj, dict):
-            return obj
+    obj = find_json_object(text)
+    if obj is not None:
+        return obj
     raise ValueError("no JSON object found in the answer" if "{" not in text else
                      "the JSON object in the answer does not parse (check quotes, commas and brackets)")
 

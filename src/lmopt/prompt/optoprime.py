@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._json import find_json_object
 from ..lm.types import GenerationConfig
 from .base import Optimizer, RunContext
 from .evaluator import Prompt
@@ -51,21 +51,6 @@ class StepReport:
     parsed: bool = True
     raw: str = ""
     prompt_chars: int = 0
-
-
-def extract_json_object(text: str) -> dict[str, Any] | None:
-    """The first JSON object in ``text`` (a fenced block first), or None."""
-    decoder = json.JSONDecoder()
-    starts = [m.start(1) for m in re.finditer(r"```(?:json)?\s*(\{)", text)] + [m.start() for m in
-                                                                                 re.finditer(r"\{", text)]
-    for pos in starts:
-        try:
-            obj, _ = decoder.raw_decode(text, pos)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(obj, dict):
-            return obj
-    return None
 
 
 class OptoPrime:
@@ -122,7 +107,7 @@ class OptoPrime:
             ask = user if attempt == 0 else user + ('\n\nReply with only the JSON object {"reasoning": ..., '
                                                     '"suggestion": {...}}.')
             report.raw = self.engine(SYSTEM, ask)
-            obj = extract_json_object(report.raw)
+            obj = find_json_object(report.raw)
             if obj is not None and isinstance(obj.get("suggestion"), dict):
                 break
             obj = None

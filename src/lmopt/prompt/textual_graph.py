@@ -97,10 +97,13 @@ def _downstream(out: Variable) -> str:
             "that this objective improves, and nothing else.")
 
 
-def _ask_feedback(engine: Engine, var: Variable, conversation: str, out: Variable) -> None:
-    user = (f"Give feedback on the variable whose role is: {var.role}.\n\n{conversation}\n\n{_downstream(out)}\n\n"
-            f"<VARIABLE>{var.value}</VARIABLE>")
-    var.gradients.append(Feedback(engine(FEEDBACK_SYSTEM, user).strip(), conversation))
+def _ask_feedback(engine: Engine, inputs: Sequence[Variable], conversation: str, out: Variable) -> None:
+    """Feedback for each trainable input of an operation, given the operation and what became of ``out``."""
+    for var in inputs:
+        if var.requires_grad:
+            user = (f"Give feedback on the variable whose role is: {var.role}.\n\n{conversation}\n\n"
+                    f"{_downstream(out)}\n\n<VARIABLE>{var.value}</VARIABLE>")
+            var.gradients.append(Feedback(engine(FEEDBACK_SYSTEM, user).strip(), conversation))
 
 
 def llm_call(engine: Engine, template: str, variables: Mapping[str, Variable] | None = None, *,
@@ -125,9 +128,7 @@ def llm_call(engine: Engine, template: str, variables: Mapping[str, Variable] | 
     def grad_fn(out: Variable, fb_engine: Engine) -> None:
         conversation = (f"A language model was called like this:\n<LM_SYSTEM_PROMPT>{sys_text}</LM_SYSTEM_PROMPT>\n"
                         f"<LM_INPUT>{user}</LM_INPUT>\n<LM_OUTPUT>{out.value}</LM_OUTPUT>")
-        for p in preds:
-            if p.requires_grad:
-                _ask_feedback(fb_engine, p, conversation, out)
+        _ask_feedback(fb_engine, preds, conversation, out)
 
     return _derived(reply, role, preds, grad_fn)
 
@@ -148,9 +149,7 @@ def call_function(fn: Callable[..., Any], variables: Mapping[str, Variable], *, 
         shown = "\n".join(f"<INPUT name={k!r} role={v.role!r}>{v.value}</INPUT>" for k, v in variables.items())
         conversation = (f"A function that {purpose} was run on these inputs:\n{shown}\n"
                         f"<FUNCTION_OUTPUT>{out.value}</FUNCTION_OUTPUT>")
-        for p in preds:
-            if p.requires_grad:
-                _ask_feedback(fb_engine, p, conversation, out)
+        _ask_feedback(fb_engine, preds, conversation, out)
 
     return _derived(value, role, preds, grad_fn)
 
