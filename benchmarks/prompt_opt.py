@@ -112,7 +112,11 @@ def _run_one(opt: Any, task: Any, lm: Any, budget: int, seed: int, splits: Any, 
             "seed_test": res.seed_test_score, "evaluations": res.n_evaluations, "calls": u.get("calls", 0),
             "cached_calls": u.get("cached_calls", 0), "tokens": u.get("total_tokens", 0), "usage": res.usage,
             "wall_s": time.perf_counter() - t0, "stop": res.stop_reason, "parse_failures": res.parse_failures,
-            "best_prompt": res.best_prompt.to_dict()}
+            "best_prompt": res.best_prompt.to_dict(),
+            # context growth: the prompt's length and the update prompt's length at every TextGrad step
+            "prompt_chars": [h["prompt_chars"] for h in res.history if h["kind"] == "textgrad_step"],
+            "update_prompt_chars": [h["update_prompt_chars"] for h in res.history if h["kind"] == "textgrad_step"],
+            "steps": sum(h["kind"] in ("textgrad_step", "greater_step") for h in res.history)}
 
 
 def _brief(run: dict[str, Any]) -> str:
@@ -307,6 +311,8 @@ def main(argv: list[str] | None = None) -> None:
                        help="an OpenAI-compatible server for the proposer / feedback / update calls (the task model "
                             "stays local; GReaTer has no optimiser model)")
         p.add_argument("--optimizer-model", default=None, help="the model name on --optimizer-url")
+        p.add_argument("--no-spread", action="store_true",
+                       help="skip the spread stage and the throughput part (needs --tasks with names)")
         p.add_argument("--no-expo", action="store_true", help="skip the EXPO bandit part")
         p.add_argument("--expo-only", action="store_true", help="only the EXPO bandit part")
         p.add_argument("--pool-only", action="store_true",
@@ -362,6 +368,10 @@ def main(argv: list[str] | None = None) -> None:
     results: dict[str, Any] = {"config": {**cfg, "seeds": seeds, "model": args.model or "SmolLM2-135M-Instruct",
                                           "device": args.device, "optimizer_model": remote.name if remote else None},
                                "tasks": {}}
+    if args.no_spread:
+        if cfg["tasks"] == "auto":
+            raise SystemExit("--no-spread needs --tasks with task names (the spread stage is what picks 'auto')")
+        cfg["spread_tasks"] = []
     if cfg["tasks"] == "auto" or (cfg["spread_tasks"] and not args.expo_only):
         _log(f"spread of test accuracy across random prompts on {', '.join(cfg['spread_tasks'])} ...")
         results["spread"] = prompt_spread(local, cfg)
@@ -397,7 +407,7 @@ def main(argv: list[str] | None = None) -> None:
     for tname in list(cfg["tasks"]) if cfg["pool_seeds"] else []:
         key, entry = pool_stage(local, cfg, tname, Path(tmp), args.out, results)
         results["tasks"][key] = entry
-    if not (args.expo_only or args.pool_only):
+    if not (args.expo_only or args.pool_only or args.no_spread):
         _log("evaluator throughput ...")
         results["throughput"] = throughput(local, cfg)
     if cfg["expo_horizon"] and not args.no_expo:

@@ -151,3 +151,27 @@ def test_greater_template_must_hold_the_instruction_once(tiny_local):
                 template="{instruction}\n{exemplars}Input: {input}\n{instruction}\nOutput:")
     with pytest.raises(ValueError, match="exactly once"):
         GReaTer().split_template(SimpleNamespace(task=task), task.examples[0])
+
+
+def test_greater_resumes_to_the_uninterrupted_result(tiny_local, tmp_path, monkeypatch):
+    task = _task()
+    split = {"seed": 0, "n_train": 10, "n_val": 6, "n_test": 6}
+    full = GReaTer(batch_size=4, max_steps=3, top_k=5).run(task, LM(tiny_local), budget=40, split=split, seed=1)
+    real = GReaTer.token_gradient
+    calls = []
+
+    def interrupted(self, *a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt("simulated interruption")
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(GReaTer, "token_gradient", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        GReaTer(batch_size=4, max_steps=3, top_k=5).run(task, LM(tiny_local), budget=40, split=split, seed=1,
+                                                        checkpoint_dir=tmp_path)
+    monkeypatch.setattr(GReaTer, "token_gradient", real)
+    again = GReaTer(batch_size=4, max_steps=3, top_k=5).run(task, LM(tiny_local), budget=40, split=split, seed=1,
+                                                            checkpoint_dir=tmp_path)
+    assert again.best_prompt == full.best_prompt and again.val_score == full.val_score
+    assert [h.get("chosen") for h in again.history] == [h.get("chosen") for h in full.history]

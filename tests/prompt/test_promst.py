@@ -151,3 +151,24 @@ def test_promst_needs_a_multistep_task(toy_task):
                      split={"seed": 0, "n_train": 10, "n_val": 5, "n_test": 5})
     with pytest.raises(ValueError, match="categorize"):
         PROMST(categorize="auto")
+
+
+def test_promst_resumes_to_the_uninterrupted_result(tmp_path):
+    task = number_walk(size=30, seed=1)
+    full = PROMST(n_children=4, score_model_min=3).run(task, LM(ScriptedBackend(World().respond)), budget=10,
+                                                       split=SPLIT, seed=3)
+    world, calls = World(), []
+
+    def flaky(prompt, config, j):
+        calls.append(1)
+        if len(calls) == 40:
+            raise KeyboardInterrupt("simulated interruption")
+        return world.respond(prompt, config, j)
+
+    with pytest.raises(KeyboardInterrupt):
+        PROMST(n_children=4, score_model_min=3).run(task, LM(ScriptedBackend(flaky)), budget=10, split=SPLIT,
+                                                    seed=3, checkpoint_dir=tmp_path)
+    again = PROMST(n_children=4, score_model_min=3).run(task, LM(ScriptedBackend(world.respond)), budget=10,
+                                                        split=SPLIT, seed=3, checkpoint_dir=tmp_path)
+    assert again.best_prompt == full.best_prompt and again.val_score == full.val_score
+    assert [h["kind"] for h in again.history] == [h["kind"] for h in full.history]
