@@ -363,7 +363,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.optimizer_url:
         from lmopt.lm import OpenAICompatibleLM
 
-        remote = OpenAICompatibleLM(args.optimizer_model, args.optimizer_url, max_concurrency=4, timeout=300)
+        # split_n: llama.cpp servers refuse n above their slot count; n requests of one sample each instead
+        remote = OpenAICompatibleLM(args.optimizer_model, args.optimizer_url, max_concurrency=4, timeout=300,
+                                    split_n=True)
     tmp = tempfile.mkdtemp(prefix="lmopt-bench-")
     results: dict[str, Any] = {"config": {**cfg, "seeds": seeds, "model": args.model or "SmolLM2-135M-Instruct",
                                           "device": args.device, "optimizer_model": remote.name if remote else None},
@@ -420,13 +422,20 @@ def main(argv: list[str] | None = None) -> None:
     (Path(args.out) / "prompt_opt.md").write_text(_markdown(results))
     beats = {t: [m for m, r in d["methods"].items() if m != "random" and r.get("test_minus_random", 0) > 0]
              for t, d in results["tasks"].items()}
+    def _paired(r: dict[str, Any]) -> dict[str, Any]:
+        return (r.get("vs_random_same_seed") or {}).get("paired") or {}
+
+    # beyond noise *and* above random: an interval that excludes 0 from below is a loss, not a win
     beyond = {t: [m for m, r in d["methods"].items()
-                  if m != "random" and (r.get("vs_random_same_seed") or {}).get("paired", {}).get("beyond_noise")]
+                  if m != "random" and _paired(r).get("beyond_noise") and _paired(r).get("mean", 0) > 0]
               for t, d in results["tasks"].items()}
+    worse = {t: [m for m, r in d["methods"].items()
+                 if m != "random" and _paired(r).get("beyond_noise") and _paired(r).get("mean", 0) < 0]
+             for t, d in results["tasks"].items()}
     summary = {"tasks": list(results["tasks"]), "methods": cfg["methods"], "seeds": seeds, "evals": cfg["evals"],
                "median_test": {t: {m: round(r["test"]["median"], 3) for m, r in d["methods"].items()}
                                for t, d in results["tasks"].items()},
-               "beat_random": beats, "beat_random_beyond_noise": beyond,
+               "beat_random": beats, "beat_random_beyond_noise": beyond, "below_random_beyond_noise": worse,
                "spread_signal": {t: round(d["signal"], 2) for t, d in results.get("spread", {}).items()},
                "throughput_speedup": round(results["throughput"]["speedup"], 2) if "throughput" in results else None,
                "wall_time_s": round(results["wall_time_s"], 1)}

@@ -182,9 +182,10 @@ class PROMST(Optimizer):
                f"this line, oldest first:\n{history}\n\nThe latest one still fails. Its errors, by type:\n"
                f"{summary}\n\nWrite an improved prompt that prevents these errors. Put it between <prompt> and "
                "</prompt>.")
-        children = ctx.propose([{"role": "user", "content": ask}], tag="prompt", temperature=h["temperature"],
-                               n=h["n_children"], seed=len(ctx.history), what="prompt",
-                               max_new_tokens=h["max_new_tokens"])
+        # plain: the released code takes the whole reply as the new prompt; a tag is used when there is one
+        children = ctx.propose([{"role": "user", "content": ask}], tag="prompt", plain=True,
+                               temperature=h["temperature"], n=h["n_children"], seed=len(ctx.history),
+                               what="prompt", max_new_tokens=h["max_new_tokens"])
         children = [c for c in dict.fromkeys(children) if c != node.instruction]
         if not children:
             return
