@@ -26,7 +26,8 @@ Differences from the released code: prompts are scored on the validation split (
 and collects feedback on its training set: here the test split stays unseen, and the validation
 episodes provide both score and feedback); the children of one prompt share one summary per category
 (the released code re-summarises for every child; with greedy summaries the results are the same); the
-children are sampled together at temperature 1 (one call with ``n``).
+children are sampled together at temperature 1 (one call with ``n``); a child is the text between
+``<prompt>`` tags, or the reply's first line when there are none (the released code takes the whole reply).
 """
 
 from __future__ import annotations
