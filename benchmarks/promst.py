@@ -24,7 +24,7 @@ from typing import Any
 from benchmarks._common import load_average, parse_args, write_result
 
 DEFAULTS = {"evals": 12, "seeds": 3, "n_children": 8, "split": (10, 10, 20), "max_new_tokens": 200}
-QUICK = {"evals": 3, "seeds": 1, "n_children": 2, "split": (4, 4, 4), "max_new_tokens": 48}
+QUICK = {"evals": 2, "seeds": 1, "n_children": 2, "split": (4, 3, 3), "max_new_tokens": 32}
 
 
 def _ranks(x: list[float]) -> list[float]:
@@ -75,7 +75,7 @@ def run_one(task: Any, lm: Any, opt_lm: Any, splits: Any, seed: int, score_model
 
 def main(argv: list[str] | None = None) -> None:
     def extra(p):
-        p.add_argument("--evals", type=int, default=None, help="evaluations per run (default 12, quick 3)")
+        p.add_argument("--evals", type=int, default=None, help="evaluations per run (default 12, quick 2)")
         p.add_argument("--n-children", type=int, default=None, help="children per expansion (default 8)")
         p.add_argument("--optimizer-url", default=None, help="an OpenAI-compatible server for the optimiser calls")
         p.add_argument("--optimizer-model", default=None, help="the model name on --optimizer-url")
