@@ -118,7 +118,7 @@ def test_greater_end_to_end_on_a_tiny_model(tiny_local):
     res = GReaTer(batch_size=4, max_steps=3, top_k=5).run(task, lm, budget=40, split=split, seed=0)
     steps = [h for h in res.history if h["kind"] == "greater_step"]
     assert len(steps) == 3
-    assert [s["position"] for s in steps] == [0, 1, 2] or steps[0]["position"] >= 0
+    assert [s["position"] for s in steps] == [0, 1, 2]  # the instruction follows the input: no position skipped
     for s in steps:
         assert 1 <= len(s["selection"]) <= 3 and s["candidates"] >= len(s["ranked"])
         # the selection rule: the lowest loss wins, ties to the later candidate (no "." shortcut here)
@@ -175,3 +175,12 @@ def test_greater_resumes_to_the_uninterrupted_result(tiny_local, tmp_path, monke
                                                             checkpoint_dir=tmp_path)
     assert again.best_prompt == full.best_prompt and again.val_score == full.val_score
     assert [h.get("chosen") for h in again.history] == [h.get("chosen") for h in full.history]
+
+
+def test_greater_skips_a_first_position_with_nothing_before_it(tiny_local):
+    task = Task(name="first", examples=_task().examples, labels=("yes", "no"), instruction="Say yes or no now.")
+    assert task.template.startswith("{instruction}") and tiny_local._bos is None
+    res = GReaTer(batch_size=2, max_steps=1, top_k=5).run(task, LM(tiny_local), budget=20,
+                                                          split={"seed": 0, "n_train": 10, "n_val": 6, "n_test": 6})
+    (step,) = [h for h in res.history if h["kind"] == "greater_step"]
+    assert step["position"] == 1
