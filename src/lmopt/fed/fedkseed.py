@@ -336,7 +336,9 @@ class FedKSeedServer(FedServer):
         for cid, reply in good.items():
             idx = np.asarray(reply["idx"], dtype=np.int64)
             val = np.asarray(reply["val"], dtype=np.float64)
-            np.add.at(acc, idx, weights[cid] * val)
+            local = np.zeros(m.num_seeds)
+            np.add.at(local, idx, val)  # per seed, in step order, then weighted (the released order of sums)
+            acc += local * weights[cid]
             if m.importance_sampling:
                 np.add.at(self.abs_sum, idx, np.abs(np.clip(val, -m.bias_loss_clip, m.bias_loss_clip)))
                 np.add.at(self.count, idx, 1.0)

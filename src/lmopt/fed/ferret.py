@@ -179,7 +179,7 @@ class Ferret(FedMethod):
     def project(self, deltas: list[torch.Tensor], groups: list[list[int]], rng: np.random.Generator
                 ) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per group, ``(seed indices, coordinates)`` of ``Δ`` (the released ``project_update``)."""
-        flat = [torch.cat([deltas[i].reshape(-1) for i in g]) for g in groups]
+        flat = [torch.cat([deltas[i].detach().reshape(-1) for i in g]) for g in groups]
         norms = [float(f.norm()) for f in flat]
         top = max([1e-8] + [n for n in norms if math.isfinite(n)])
         gen = torch.Generator(device=flat[0].device)
@@ -189,9 +189,9 @@ class Ferret(FedMethod):
             k = min(k, self.num_seeds)
             chosen = np.sort(rng.choice(self.num_seeds, size=k, replace=False))
             d = f.numel()
-            coords = torch.stack([torch.sum(f * basis(self.pool[i], d, self.basis, f.device, f.dtype, gen))
-                                  for i in chosen.tolist()])
-            coords = coords * (d / k)
+            with torch.no_grad():
+                coords = torch.stack([torch.sum(f * basis(self.pool[i], d, self.basis, f.device, f.dtype, gen))
+                                      for i in chosen.tolist()]) * (d / k)
             out.append((chosen, coords.to(torch.float32).cpu().numpy()))
         return out
 
