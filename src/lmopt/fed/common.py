@@ -142,7 +142,7 @@ def aggregation_weights(n_examples: dict[Any, int], equal: bool) -> dict[Any, fl
 
 def tensors_to_arrays(tensors: Sequence[torch.Tensor], prefix: str) -> dict[str, np.ndarray]:
     """Tensors as float32 message fields ``prefix0``, ``prefix1``, ... (exact for fp32 tensors)."""
-    return {f"{prefix}{i}": t.detach().to(torch.float32).cpu().numpy() for i, t in enumerate(tensors)}
+    return {f"{prefix}{i}": t.detach().to(torch.float32).cpu().numpy().copy() for i, t in enumerate(tensors)}
 
 
 def arrays_to_tensors(message: dict[str, Any], prefix: str, like: Sequence[torch.Tensor], who: str

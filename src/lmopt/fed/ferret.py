@@ -207,9 +207,8 @@ class Ferret(FedMethod):
                 b.mul_(c)
                 if not bool(torch.isfinite(b).all()):
                     continue  # released: a non-finite term is skipped
-                if self.clip_norm is not None:
-                    total = torch.linalg.norm(b)
-                    coef = self.clip_norm / (float(total) + 1e-8)
+                if self.clip_norm is not None:  # in the tensor's dtype, as released
+                    coef = self.clip_norm / (torch.linalg.norm(b) + 1e-8)
                     if coef < 1:
                         b.mul_(coef)
                 start = 0
