@@ -78,6 +78,21 @@ def test_loop_counts_the_encoded_sizes(problem):
     assert res.rounds[1].bytes_down[0] - res.rounds[0].bytes_down[0] == 6 * used + 4 + 4
 
 
+def test_the_bytes_counted_are_those_sent(problem):
+    """What the transport delivers is what is counted (a truncated reply counts its truncated size)."""
+    res = run_federated(FedKSeed(num_seeds=64, local_steps=3), problem.params, problem.names, problem.loss,
+                        problem.clients(2), 1, transport=lambda r, c, b: b[:11] if c == 1 else b)
+    assert res.rounds[0].bytes_up[1] == 11 and "malformed" in res.rounds[0].rejected[1]
+
+
+def test_clients_draw_their_own_seeds_and_batches(problem):
+    seen = {}
+    run_federated(FedKSeed(num_seeds=4096, local_steps=20), problem.params, problem.names, problem.loss,
+                  {0: problem.clients(1)[0], 1: problem.clients(1)[0]}, 1,
+                  transport=lambda r, c, b: seen.update({c: decode(b)["idx"].tolist()}) or b)
+    assert seen[0] != seen[1]
+
+
 def test_ferret_reply_is_six_bytes_per_coordinate(problem):
     method = Ferret(num_seeds=20, lr=0.1, local_steps=4, n_accum=1)
     seen = []

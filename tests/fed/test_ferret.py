@@ -77,6 +77,15 @@ def test_grouping_matches_the_released_rule():
         assert group_tensors(numels) == released_groups(numels)
 
 
+def test_truncated_variance():
+    from scipy.stats import truncnorm
+
+    for a in (0.05, 0.5, 2.0):
+        assert abs(truncated_variance(a) - truncnorm.var(-a, a)) < 1e-12
+    for a in (1e-4, 9.99e-4, 1.001e-3, 1e-2):  # both sides of the series/closed-form switch
+        assert abs(truncated_variance(a) / (a * a / 3) - (1 - 2 * a * a / 15)) < 1e-9
+
+
 def test_projection_and_reconstruction_match_the_released_code(mlp):
     method = Ferret(num_seeds=30, seed=3)
     old = mlp
