@@ -317,3 +317,13 @@ def test_a_client_missing_rounds_fails_clearly(problem):
 def test_bad_settings(kwargs, match):
     with pytest.raises(ValueError, match=match):
         FedKSeed(**kwargs)
+
+
+def test_a_client_with_other_initial_weights_is_refused(problem):
+    method = FedKSeed(num_seeds=16, lr=0.05, eps=1e-3, local_steps=3)
+    server = method.new_server(problem.params, problem.names)
+    work = ClientWork(problem.params, problem.names, problem.loss, problem.clients(1)[0])
+    other = ClientState.initial([w + 1e-3 for w in problem.w0])
+    with pytest.raises(ValueError, match="initial weights differ from the server's"):
+        method.train_client(server.configure(1, 0), other, work, 0)
+    method.train_client(server.configure(1, 0), ClientState.initial(problem.w0), work, 0)  # the same w0 is fine

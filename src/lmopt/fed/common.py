@@ -176,3 +176,24 @@ def hash_id(client_id: Any) -> int:
 def client_seed(seed: int, round: int, client_id: Any) -> int:
     """The seed of a client's randomness in a round (its batches, seed draws): derived by the client itself."""
     return mix_seed(seed, round, hash_id(client_id))
+
+
+def tensor_digest(tensors: Sequence[torch.Tensor]) -> int:
+    """A 63-bit digest of tensors' values (float32 bytes), to check that every party starts from the same w0."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.detach().to(torch.float32).cpu().contiguous().numpy().tobytes())
+    return int.from_bytes(h.digest()[:8], "little") >> 1
+
+
+def check_initial_weights(message: dict[str, Any], state: ClientState) -> None:
+    """A client that has never synchronised holds ``w0``: it must be the server's (``w0_digest``)."""
+    from .messages import MalformedMessage
+
+    want = message.get("w0_digest")
+    if state.synced_round == 0 and isinstance(want, int) and tensor_digest(state.params) != want:
+        raise MalformedMessage(
+            "this client's initial weights differ from the server's (different w0 digest): every party must "
+            "start from the same initial tensors (load the same checkpoint, or seed the initialisation)")

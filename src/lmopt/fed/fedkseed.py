@@ -61,9 +61,11 @@ from .common import (
     arrays_to_tensors,
     candidate_seeds,
     check_float,
+    check_initial_weights,
     check_int,
     client_seed,
     log,
+    tensor_digest,
     tensors_to_arrays,
 )
 from .messages import MalformedMessage, Value, field, index_dtype
@@ -214,6 +216,7 @@ class FedKSeed(FedMethod):
 
     def _catch_up(self, message: dict[str, Value], state: ClientState, names: list[str], r: int) -> ClientState:
         """Bring the client's copy to round ``r - 1``: a checkpoint if sent and newer, then the missing rounds."""
+        check_initial_weights(message, state)
         params = [p.clone() for p in state.params]
         synced = state.synced_round
         if "ckpt_round" in message:
@@ -250,6 +253,7 @@ class FedKSeedServer(FedServer):
         self.method = method
         self.names = list(names)
         self.params = [p.detach().clone() for p in params]
+        self.w0_digest = tensor_digest(self.params)
         self.round = 0
         self.history: list[tuple[int, np.ndarray, np.ndarray]] = []
         self.synced: dict[Any, int] = {}
@@ -273,7 +277,7 @@ class FedKSeedServer(FedServer):
             raise ValueError(f"the server is after round {self.round}; it can configure round {self.round + 1}, "
                              f"not {round}")
         have = self.synced.get(client_id, 0)
-        msg: dict[str, Value] = {"round": round, "fingerprint": m.fingerprint()}
+        msg: dict[str, Value] = {"round": round, "fingerprint": m.fingerprint(), "w0_digest": self.w0_digest}
         pending = [h for h in self.history if h[0] > have]
         if (m.replay_limit is not None and len(pending) > m.replay_limit and self.checkpoint is not None
                 and self.checkpoint[0] > have):

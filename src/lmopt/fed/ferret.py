@@ -49,9 +49,11 @@ from .common import (
     aggregation_weights,
     candidate_seeds,
     check_float,
+    check_initial_weights,
     check_int,
     client_seed,
     log,
+    tensor_digest,
 )
 from .local import OptimizerFactory, local_sgd, sgd_factory
 from .messages import MalformedMessage, Value, field, index_dtype
@@ -243,6 +245,7 @@ class Ferret(FedMethod):
         return reply, state
 
     def _catch_up(self, message: dict[str, Value], state: ClientState, r: int) -> ClientState:
+        check_initial_weights(message, state)
         params = [p.clone() for p in state.params]
         synced = state.synced_round
         groups = self.groups(params)
@@ -278,6 +281,7 @@ class FerretServer(FedServer):
         self.method = method
         self.names = list(names)
         self.params = [p.detach().clone() for p in params]
+        self.w0_digest = tensor_digest(self.params)
         self.groups = method.groups(self.params)
         self.round = 0
         self.buffer = np.zeros((method.num_seeds, len(self.groups)))
@@ -292,7 +296,7 @@ class FerretServer(FedServer):
         pending = [h for h in self.history if h[0] > have]
         idt = index_dtype(m.num_seeds)
         cat = lambda j, dt: np.concatenate([h[j] for h in pending]).astype(dt) if pending else np.zeros(0, dt)  # noqa: E731
-        return {"round": round, "fingerprint": m.fingerprint(),
+        return {"round": round, "fingerprint": m.fingerprint(), "w0_digest": self.w0_digest,
                 "upd_rounds": np.asarray([h[0] for h in pending], dtype=np.int32),
                 "upd_lr": np.asarray([h[1] for h in pending], dtype=np.float64),
                 "upd_counts": np.asarray([len(h[2]) for h in pending], dtype=np.uint32),
