@@ -33,6 +33,10 @@ KINDS: dict[str, tuple[str, str, str | None, str]] = {
                        "lmopt.prompt.recipe:validate_prompt_compare"),
     "optim": ("lmopt.optim_recipe", "run_optim_recipe", "plot_optim_results",
               "lmopt.optim_recipe:validate_optim_recipe"),
+    "finetune_paft": ("lmopt.finetune.recipe", "run_paft_recipe", "plot_paft_results",
+                      "lmopt.finetune.recipe:validate_paft_recipe"),
+    "finetune_flexora": ("lmopt.finetune.recipe", "run_flexora_recipe", "plot_flexora_results",
+                         "lmopt.finetune.recipe:validate_flexora_recipe"),
 }
 
 
