@@ -10,7 +10,7 @@ from pathlib import Path
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 ORDER = ["lm_throughput", "optim_step", "optim_quality", "autolrs", "zo_synthetic", "zo_finetune", "zo_memory",
-         "prompt_opt", "rl_toy", "rl_small", "rl_grpo", "preference", "modeling", "bo", "promst", "fed"]
+         "prompt_opt", "rl_toy", "rl_small", "rl_grpo", "preference", "modeling", "bo", "promst", "fed", "finetune"]
 HEADER = """# Benchmarks
 
 Latest full results of every benchmark (`python -m benchmarks.NAME [--quick] [--out DIR] [--seeds N]`; each
