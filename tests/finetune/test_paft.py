@@ -68,6 +68,8 @@ def test_default_quality_check():
     assert "field" in default_quality_check("Classify the {text} as negative or positive please.")
     assert "answer" in default_quality_check("The sentiment of this tweet is positive", ["positive"])
     assert default_quality_check("Say whether the tweet is negative or positive.", ["positive"]) is None
+    assert "off task" in default_quality_check("Try to be helpful in chat without this step.", ["positive"],
+                                               keywords=["tweet", "sentiment"])
 
 
 class WordEmbedder:
@@ -98,16 +100,18 @@ def test_build_prompt_pool_filters_dedups_and_splits(tmp_path):
     replies = ["Decide if the tweet sounds negative or positive.",
                "Decide if the tweet sounds negative or positive.",       # duplicate
                "Hi.",                                                     # too short
-               "Read the message and tell me its overall mood, good or bad.",
-               "Instruction: Judge the emotional tone of this short social media post carefully.",
-               "Is the writer of this post happy or unhappy about the topic?",
-               "Label the attitude expressed by the author of the text below."]
+               "Try to be helpful in chat without this step.",                # off task
+               "Read the tweet and tell me its overall mood, negative or positive.",
+               "Instruction: Judge the emotional tone of this tweet carefully.",
+               "Is the writer of this post positive or negative about the topic?",
+               "Label the sentiment expressed by the author of the text below."]
     pool = build_prompt_pool(scripted(replies), toy_task(), n_train=3, n_held_out=2, embedder=WordEmbedder(),
                              max_similarity=0.95, seed=0)
     assert len(pool.train) == 3 and len(pool.held_out) == 2
     assert not set(pool.train) & set(pool.held_out)
     reasons = [r["reason"] for r in pool.rejected]
     assert any("near-duplicate" in r for r in reasons) and any("words" in r for r in reasons)
+    assert any("off task" in r for r in reasons)
     assert all(p.count("{input}") == 1 for p in pool.train + pool.held_out)
     assert not any(p.startswith("Instruction:") for p in pool.train + pool.held_out)
     back = PromptPool.load(pool.save(tmp_path / "pool.json"))

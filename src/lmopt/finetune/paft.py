@@ -114,10 +114,18 @@ def clean_candidate(text: str) -> str:
     return text.strip("\"'“” ").strip()
 
 
-def default_quality_check(instruction: str, labels: Sequence[str] | None = None, examples: Sequence[str] = ()
-                          ) -> str | None:
+def task_keywords(task: Any) -> list[str]:
+    """Words of 5+ letters of a task's instruction (what an on-task prompt mentions; the description is not
+    used: it lists topics, which off-task text mentions too)."""
+    text = task.instruction.lower()
+    return sorted({w.rstrip("s") for w in re.findall(r"[a-z]{5,}", text)} - {"classify", "which", "their", "about"})
+
+
+def default_quality_check(instruction: str, labels: Sequence[str] | None = None, examples: Sequence[str] = (),
+                          keywords: Sequence[str] = ()) -> str | None:
     """The reason a candidate is not a meaningful task prompt, or None: 4–60 words, no braces other than
-    ``{input}``, it must not contain an example input or end by stating an answer ("... is positive.")."""
+    ``{input}``, it must not contain an example input or end by stating an answer ("... is positive."),
+    and it must be on task: mention a label or one of ``keywords`` (when any are given)."""
     words = instruction.split()
     if not 4 <= len(words) <= 60:
         return f"{len(words)} words (4 to 60 expected)"
@@ -126,6 +134,8 @@ def default_quality_check(instruction: str, labels: Sequence[str] | None = None,
     low = instruction.lower()
     if any(e and e.lower()[:40] in low for e in examples):
         return "copies an example input"
+    if (labels or keywords) and not any(k.lower() in low for k in list(labels or ()) + list(keywords)):
+        return "off task (mentions no label and no task keyword)"
     answer = re.search(r"(?:\bis|:)\s*[\"']?([\w-]+)[\"']?[.!]?\s*$", low)
     if labels and answer and answer.group(1) in {lab.lower() for lab in labels}:
         return "states an answer (it ends in 'is <label>' or ': <label>')"
@@ -155,7 +165,8 @@ def build_prompt_pool(lm: Any, task: Any, *, n_train: int = 20, n_held_out: int 
         embedder = Embedder()
     labels = list(task.labels or ())
     inputs = [e.input for e in task.examples[:50]]
-    check = quality or (lambda s: default_quality_check(s, labels, inputs))
+    keys = task_keywords(task)
+    check = quality or (lambda s: default_quality_check(s, labels, inputs, keys))
     need = n_train + n_held_out
     kept: list[str] = []
     vectors: list[np.ndarray] = []
