@@ -104,7 +104,7 @@ def test_build_prompt_pool_filters_dedups_and_splits(tmp_path):
                "Read the tweet and tell me its overall mood, negative or positive.",
                "Instruction: Judge the emotional tone of this tweet carefully.",
                "Is the writer of this post positive or negative about the topic?",
-               "Label the sentiment expressed by the author of the text below."]
+               "Label the sentiment expressed by the author of the tweet below."]
     pool = build_prompt_pool(scripted(replies), toy_task(), n_train=3, n_held_out=2, embedder=WordEmbedder(),
                              max_similarity=0.95, seed=0)
     assert len(pool.train) == 3 and len(pool.held_out) == 2
