@@ -197,3 +197,24 @@ def check_initial_weights(message: dict[str, Any], state: ClientState) -> None:
         raise MalformedMessage(
             "this client's initial weights differ from the server's (different w0 digest): every party must "
             "start from the same initial tensors (load the same checkpoint, or seed the initialisation)")
+
+
+def catch_up(rounds: Sequence[int], synced: int, target: int, apply: Callable[[int, int], None]) -> int:
+    """Apply the sent rounds the client lacks, in order: ``apply(k, round)`` for the ``k``-th sent round.
+
+    Rounds at or below ``synced`` are skipped (applied already, from a reply that never reached the
+    server); a gap, or ending anywhere but ``target``, is a :class:`MalformedMessage`. Returns ``target``.
+    """
+    from .messages import MalformedMessage
+
+    for k, u in enumerate(int(x) for x in rounds):
+        if u <= synced:
+            continue
+        if u != synced + 1:
+            raise MalformedMessage(f"the client holds round {synced} but the next update sent is for round {u}")
+        apply(k, u)
+        synced = u
+    if synced != target:
+        raise MalformedMessage(f"after the updates sent the client holds round {synced}, but the round starts "
+                               f"from round {target}: the server must send the missing rounds")
+    return synced

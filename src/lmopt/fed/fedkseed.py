@@ -60,6 +60,7 @@ from .common import (
     aggregation_weights,
     arrays_to_tensors,
     candidate_seeds,
+    catch_up,
     check_float,
     check_initial_weights,
     check_int,
@@ -233,16 +234,10 @@ class FedKSeed(FedMethod):
         if len(indices) and int(indices.max()) >= self.num_seeds:
             raise MalformedMessage(f"the server's round updates name a seed outside the pool of {self.num_seeds}")
         starts = np.concatenate([[0], np.cumsum(counts.astype(np.int64))])
-        for k, u in enumerate(rounds.tolist()):
-            if u <= synced:
-                continue  # applied already (a reply that never reached the server)
-            if u != synced + 1:
-                raise MalformedMessage(f"the client holds round {synced} but the next update sent is for round {u}")
+        def apply(k: int, u: int) -> None:
             self.replay(params, names, indices[starts[k]:starts[k + 1]], values[starts[k]:starts[k + 1]])
-            synced = u
-        if synced != r - 1:
-            raise MalformedMessage(f"after the updates sent the client holds round {synced}, but round {r} starts "
-                                   f"from round {r - 1}: the server must send the missing rounds")
+
+        synced = catch_up(rounds, synced, r - 1, apply)
         return ClientState(params, synced)
 
 

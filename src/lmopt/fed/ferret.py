@@ -48,6 +48,7 @@ from .common import (
     ClientWork,
     aggregation_weights,
     candidate_seeds,
+    catch_up,
     check_float,
     check_initial_weights,
     check_int,
@@ -260,17 +261,11 @@ class Ferret(FedMethod):
         if len(idx) and (int(idx.max()) >= self.num_seeds or int(grp.max()) >= len(groups)):
             raise MalformedMessage("the server's round updates name a seed or group that does not exist")
         starts = np.concatenate([[0], np.cumsum(counts.astype(np.int64))])
-        for k, u in enumerate(rounds.tolist()):
-            if u <= synced:
-                continue
-            if u != synced + 1:
-                raise MalformedMessage(f"the client holds round {synced} but the next update sent is for round {u}")
+        def apply(k: int, u: int) -> None:
             s, e = starts[k], starts[k + 1]
             self.reconstruct_(params, groups, idx[s:e], grp[s:e], val[s:e], float(lrs[k]))
-            synced = u
-        if synced != r - 1:
-            raise MalformedMessage(f"after the updates sent the client holds round {synced}, but round {r} starts "
-                                   f"from round {r - 1}: the server must send the missing rounds")
+
+        synced = catch_up(rounds, synced, r - 1, apply)
         return ClientState(params, synced)
 
 
