@@ -234,6 +234,7 @@ class FedKSeed(FedMethod):
         if len(indices) and int(indices.max()) >= self.num_seeds:
             raise MalformedMessage(f"the server's round updates name a seed outside the pool of {self.num_seeds}")
         starts = np.concatenate([[0], np.cumsum(counts.astype(np.int64))])
+
         def apply(k: int, u: int) -> None:
             self.replay(params, names, indices[starts[k]:starts[k + 1]], values[starts[k]:starts[k + 1]])
 

@@ -261,6 +261,7 @@ class Ferret(FedMethod):
         if len(idx) and (int(idx.max()) >= self.num_seeds or int(grp.max()) >= len(groups)):
             raise MalformedMessage("the server's round updates name a seed or group that does not exist")
         starts = np.concatenate([[0], np.cumsum(counts.astype(np.int64))])
+
         def apply(k: int, u: int) -> None:
             s, e = starts[k], starts[k + 1]
             self.reconstruct_(params, groups, idx[s:e], grp[s:e], val[s:e], float(lrs[k]))
